@@ -1,0 +1,107 @@
+"""The ``gvsl`` command line.
+
+Each command lives in its own module that exposes ``add_parser(subparsers)``; the parser it adds
+sets ``func(args) -> int``. Bad input raises :class:`InputError`, printed here as one line with
+exit code 2 (and an ``error`` event with ``--progress json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from . import __version__
+from .errors import InputError
+from .events import PROGRESS_MODES
+
+# Modules that add a sub-command, in the order `gvsl --help` lists them.
+COMMAND_MODULES = (
+    "gvslcore.commands.phantom",
+    "gvslcore.commands.pretrain",
+    "gvslcore.commands.finetune",
+    "gvslcore.commands.segment",
+    "gvslcore.commands.register",
+    "gvslcore.commands.evaluate",
+    "gvslcore.commands.models",
+    "gvslcore.commands.demo",
+)
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    """Options every command shares."""
+    parser.add_argument("--progress", choices=PROGRESS_MODES, default=None,
+                        help="progress display: bar (terminal), json (JSON lines on stdout) or none "
+                             "(default: bar in a terminal, none otherwise)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
+
+
+def add_training(parser: argparse.ArgumentParser, *, steps: int, patch: int, batch: int = 1, lr: float = 1e-4) -> None:
+    """Options the training commands share."""
+    parser.add_argument("--steps", type=int, default=steps, help=f"optimizer steps (default {steps})")
+    parser.add_argument("--patch", type=int, nargs="+", default=[patch],
+                        help=f"patch size in voxels: one number (cube) or three, z y x (default {patch})")
+    parser.add_argument("--batch", type=int, default=batch, help=f"batch size (default {batch})")
+    parser.add_argument("--width", type=int, default=32, help="channels at the first U-Net level (default 32, the paper)")
+    parser.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate (default {lr:g})")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100)")
+    parser.add_argument("--keep", type=int, default=3, help="checkpoints to keep (default 3)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+
+
+def progress_mode(args: argparse.Namespace) -> str:
+    if getattr(args, "progress", None):
+        return args.progress
+    return "bar" if sys.stderr.isatty() else "none"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gvsl",
+        description="Geometric Visual Similarity Learning for 3D medical images: "
+                    "pre-train, fine-tune, segment and register.",
+    )
+    parser.add_argument("--version", action="version", version=f"gvsl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # a command not built yet
+                continue
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except InputError as exc:
+        message = str(exc)
+        if progress_mode(args) == "json":
+            from .events import Reporter
+
+            Reporter("json").error(message)
+        print(f"gvsl {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gvsl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""`gvsl pretrain`: GVSL self-supervised pre-training on a folder of unlabeled volumes."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..cli import add_common, add_training, progress_mode
+from ..data import parse_patch
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain",
+        help="self-supervised GVSL pre-training on unlabeled volumes",
+        description="Pre-train the shared 3-D U-Net with Z-Matching (affine + deformable registration of "
+                    "two volumes) and restoration. Writes a run folder; RUN/model.safetensors when done.",
+    )
+    p.add_argument("--data", nargs="+", required=True, metavar="DIR", help="folders of volumes (NIfTI/NRRD/MHA/DICOM)")
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder (created)")
+    add_training(p, steps=2000, patch=128)
+    p.add_argument("--spacing", type=float, nargs=3, default=[1.0, 1.0, 1.0], metavar=("X", "Y", "Z"),
+                   help="working spacing in mm (default 1 1 1, the paper)")
+    p.add_argument("--modality", choices=["auto", "CT", "MR"], default="auto", help="intensity normalization (default auto)")
+    p.add_argument("--ncc-weight", type=float, default=1.0)
+    p.add_argument("--smooth-weight", type=float, default=1.0)
+    p.add_argument("--mse-weight", type=float, default=1.0)
+    p.add_argument("--log-every", type=int, default=10, help="steps between loss read-backs and progress events")
+    p.add_argument("--no-bf16", action="store_true", help="train in float32 on CUDA")
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..pretrain import PretrainConfig, run_pretrain
+
+    cfg = PretrainConfig(
+        data=[str(d) for d in args.data],
+        out=str(args.out),
+        steps=args.steps,
+        patch=parse_patch(args.patch),
+        batch=args.batch,
+        width=args.width,
+        lr=args.lr,
+        seed=args.seed,
+        spacing=tuple(args.spacing),
+        modality=args.modality,
+        ncc_weight=args.ncc_weight,
+        smooth_weight=args.smooth_weight,
+        mse_weight=args.mse_weight,
+        checkpoint_every=args.checkpoint_every,
+        keep=args.keep,
+        log_every=args.log_every,
+        workers=args.workers,
+        device=args.device,
+        bf16=not args.no_bf16,
+    )
+    return run_pretrain(cfg, progress_mode(args), resume=args.resume)

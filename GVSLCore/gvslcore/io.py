@@ -1,0 +1,213 @@
+"""Reading and writing volumes with their geometry, resampling and intensity normalization.
+
+Images travel as ``SimpleITK.Image``: the array is (z, y, x) and spacing, origin and direction
+(ITK's LPS physical space) stay attached to it. Everything generic is SimpleITK's own code.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .atomic import atomic_path
+from .errors import InputError
+
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".seg.nrrd")
+WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".seg.nrrd")
+
+
+def _has_suffix(path: Path, suffixes: Sequence[str]) -> bool:
+    name = path.name.lower()
+    return any(name.endswith(s) for s in suffixes)
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    """True for a file whose name ends in a volume format we read (NIfTI, NRRD, MetaImage)."""
+    path = Path(path)
+    return path.is_file() and _has_suffix(path, IMAGE_SUFFIXES) and not path.name.startswith(".")
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Volume files (and DICOM series sub-folders) directly inside ``folder``, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder; give a folder of NIfTI/NRRD/MHA volumes or DICOM series")
+    found = [p for p in sorted(folder.iterdir()) if is_image_file(p)]
+    found += [p for p in sorted(folder.iterdir()) if p.is_dir() and _dicom_series(p)]
+    return found
+
+
+def _dicom_series(folder: Path) -> list[str]:
+    try:
+        return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or [])
+    except RuntimeError:
+        return []
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    series = _dicom_series(folder)
+    if not series:
+        raise InputError(f"{folder} holds no volume file and no DICOM series; give a NIfTI/NRRD/MHA file or a DICOM folder")
+    # Several series in one folder: take the one with the most slices (the main volume, not a scout).
+    best = max(series, key=lambda s: len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)))
+    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), best)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"cannot read DICOM series in {folder}: {str(exc).strip().splitlines()[-1]}") from None
+
+
+def read_image(path: str | os.PathLike, *, label: bool = False, allow_nan: bool = False) -> sitk.Image:
+    """Read a 3-D scalar volume from a NIfTI/NRRD/MHA file or a DICOM series folder.
+
+    Args:
+        path: a volume file or a folder with one DICOM series.
+        label: keep an integer pixel type and check that values are integral.
+        allow_nan: accept non-finite voxels (otherwise they are an input error).
+
+    Returns:
+        The image, float32 for intensities or uint16/int for labels, geometry untouched.
+
+    Raises:
+        InputError: missing or unreadable file, not 3-D, not scalar, NaN voxels.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} does not exist; check the path")
+    if path.is_dir():
+        image = _read_dicom_folder(path)
+    else:
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError:
+            raise InputError(
+                f"{path} is not a readable image; give a NIfTI (.nii/.nii.gz), NRRD, MHA file or a DICOM folder"
+            ) from None
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel; give a scalar (grey-value) volume")
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        image = image[:, :, :, 0]
+    if image.GetDimension() != 3:
+        raise InputError(f"{path} is a {image.GetDimension()}-D image of size {image.GetSize()}; give a 3-D volume")
+    if min(image.GetSize()) < 2:
+        raise InputError(f"{path} has size {image.GetSize()}; give a 3-D volume with at least 2 voxels along each axis")
+    if label:
+        arr = sitk.GetArrayViewFromImage(image)
+        if np.issubdtype(arr.dtype, np.floating):
+            if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+                raise InputError(f"{path} has non-integer voxel values; give a label map with integer labels")
+        if arr.min() < 0:
+            raise InputError(f"{path} has negative label values; give a label map with values >= 0")
+        return sitk.Cast(image, sitk.sitkUInt16)
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    if not allow_nan:
+        arr = sitk.GetArrayViewFromImage(image)
+        if not np.all(np.isfinite(arr)):
+            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+            raise InputError(f"{path} has {bad} NaN/infinite voxels; fix or mask them before use")
+    return image
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = True) -> Path:
+    """Write ``image`` atomically (temporary file, then rename) as NIfTI, NRRD or MHA by extension."""
+    path = Path(path)
+    if not _has_suffix(path, WRITE_SUFFIXES):
+        raise InputError(f"cannot write {path}: use a .nii.gz, .nii, .nrrd or .mha file name")
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
+    return path
+
+
+def same_geometry(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
+    """True when two images share size, spacing, origin and direction (within ``tol``)."""
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol * max(1.0, max(a.GetSpacing())))
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol)
+    )
+
+
+def resample_to_spacing(
+    image: sitk.Image,
+    spacing: Sequence[float] = (1.0, 1.0, 1.0),
+    *,
+    label: bool = False,
+    default_value: float = 0.0,
+) -> sitk.Image:
+    """Resample onto a grid of ``spacing`` (mm, x-y-z order) covering the same physical extent.
+
+    The new grid keeps origin and direction; its size is ``round(size * old / new)``, so the first
+    voxel centre stays where it was. Labels use nearest neighbour, intensities linear.
+    """
+    old_spacing = np.array(image.GetSpacing())
+    new_spacing = np.array(spacing, dtype=float)
+    new_size = np.maximum(1, np.round(np.array(image.GetSize()) * old_spacing / new_spacing)).astype(int)
+    interpolator = sitk.sitkNearestNeighbor if label else sitk.sitkLinear
+    return sitk.Resample(
+        image,
+        [int(s) for s in new_size],
+        sitk.Transform(),
+        interpolator,
+        image.GetOrigin(),
+        [float(s) for s in new_spacing],
+        image.GetDirection(),
+        default_value,
+        image.GetPixelID(),
+    )
+
+
+def resample_like(image: sitk.Image, reference: sitk.Image, *, label: bool = False, default_value: float = 0.0) -> sitk.Image:
+    """Resample ``image`` onto the grid of ``reference`` (identity transform, physical space)."""
+    interpolator = sitk.sitkNearestNeighbor if label else sitk.sitkLinear
+    return sitk.Resample(image, reference, sitk.Transform(), interpolator, default_value, image.GetPixelID())
+
+
+def array_to_image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """Wrap a (z, y, x) array in an image carrying ``reference``'s geometry."""
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    return image
+
+
+# -- intensities --------------------------------------------------------------------------------
+
+CT_WINDOW_HU = (-1024.0, 1024.0)
+
+
+def normalize_ct(array: np.ndarray, window: Sequence[float] = CT_WINDOW_HU) -> np.ndarray:
+    """Clip HU to ``window`` and map linearly to [0, 1] (the paper's setting)."""
+    lo, hi = float(window[0]), float(window[1])
+    out = (np.clip(array, lo, hi) - lo) / (hi - lo)
+    return out.astype(np.float32)
+
+
+def normalize_mr(array: np.ndarray, percentiles: Sequence[float] = (0.5, 99.5)) -> np.ndarray:
+    """Map the ``percentiles`` range of intensities to [0, 1], clipped."""
+    lo, hi = np.percentile(array, percentiles)
+    if hi <= lo:
+        return np.zeros_like(array, dtype=np.float32)
+    return ((np.clip(array, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+
+
+def normalize(array: np.ndarray, modality: str) -> np.ndarray:
+    """Normalize intensities for ``modality`` ('CT' or 'MR') to [0, 1]."""
+    modality = modality.upper()
+    if modality == "CT":
+        return normalize_ct(array)
+    if modality in ("MR", "MRI"):
+        return normalize_mr(array)
+    raise InputError(f"unknown modality {modality!r}; use CT or MR")
+
+
+def guess_modality(image: sitk.Image) -> str:
+    """'CT' when intensities look like Hounsfield units (air near -1000), else 'MR'."""
+    arr = sitk.GetArrayViewFromImage(image)
+    lo = float(np.percentile(arr[:: max(1, arr.shape[0] // 16)], 1))
+    return "CT" if lo < -500 else "MR"

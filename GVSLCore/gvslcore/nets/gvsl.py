@@ -1,0 +1,170 @@
+"""The GVSL pre-training model: shared U-Net, Z-Matching head (affine + deformable), restoration head.
+
+Given a fixed image A (possibly appearance-transformed) and a moving image B, the model predicts
+how B maps onto A:
+
+- affine head (global similarity): concat(global_B, global_A) -> DoubleConv(8w) -> global average
+  pool -> four linear layers giving 3 rotations, 3 scales, 3 translations and 6 shears, each
+  bounded with tanh (rotation +-20 deg, scale 0.75-1.25, shear +-10 deg, translation +-20 % of the
+  extent), composed *differentiably* into a (B, 3, 4) matrix -- the authors rebuilt it with
+  ``torch.FloatTensor([...])``, which cut the gradient and broke batches > 1;
+- deformable head (local similarity): local_B pulled through the affine, concat local_A ->
+  DoubleConv(w/2) -> Conv3d(3) = residual displacement v (voxels);
+- fusion (paper Eq. 12): ``phi(p) = Aff(p + v(p))`` as one displacement field, which warps B
+  onto A with a single interpolation.
+
+The restoration head maps local_A back to the untransformed A (Models Genesis "fundament").
+Parameter names follow the authors' release.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from ..spatial import affine_to_displacement, fuse_affine_and_displacement, warp
+from .unet import DoubleConv, UNet3D
+
+MAX_ROTATION = math.pi / 9  # 20 degrees
+MAX_SCALE = 0.25
+MAX_SHEAR = math.pi / 18  # 10 degrees
+MAX_TRANSLATION = 0.2  # fraction of the extent along each axis
+
+
+def _rotation(angle: torch.Tensor, axis: int) -> torch.Tensor:
+    """(B, 3, 3) rotation about ``axis`` (0 = x, 1 = y, 2 = z), built with stack so gradients flow."""
+    c, s = torch.cos(angle), torch.sin(angle)
+    one, zero = torch.ones_like(angle), torch.zeros_like(angle)
+    if axis == 0:
+        rows = [[one, zero, zero], [zero, c, -s], [zero, s, c]]
+    elif axis == 1:
+        rows = [[c, zero, s], [zero, one, zero], [-s, zero, c]]
+    else:
+        rows = [[c, -s, zero], [s, c, zero], [zero, zero, one]]
+    return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
+
+
+def affine_matrix_from_parameters(
+    rotation: torch.Tensor, scale: torch.Tensor, translation: torch.Tensor, shear: torch.Tensor
+) -> torch.Tensor:
+    """Compose bounded parameters into (B, 3, 4) [A | t] in (z, y, x) order.
+
+    Args:
+        rotation: (B, 3) radians about x, y, z.
+        scale: (B, 3) factors along x, y, z.
+        translation: (B, 3) along x, y, z, in the units of the grid (voxels of the working grid).
+        shear: (B, 6) radians: xy, xz, yx, yz, zx, zy.
+
+    ``A = Shear @ Scale @ Rz @ Ry @ Rx`` in (x, y, z), then both axes reversed to our (z, y, x).
+    """
+    rot = _rotation(rotation[:, 2], 2) @ _rotation(rotation[:, 1], 1) @ _rotation(rotation[:, 0], 0)
+    scl = torch.diag_embed(scale)
+    t = torch.tan(shear)
+    one = torch.ones_like(t[:, 0])
+    shr = torch.stack(
+        [
+            torch.stack([one, t[:, 0], t[:, 1]], dim=-1),
+            torch.stack([t[:, 2], one, t[:, 3]], dim=-1),
+            torch.stack([t[:, 4], t[:, 5], one], dim=-1),
+        ],
+        dim=-2,
+    )
+    linear_xyz = shr @ scl @ rot
+    linear_zyx = linear_xyz.flip(-1).flip(-2)
+    return torch.cat([linear_zyx, translation.flip(-1).unsqueeze(-1)], dim=-1)
+
+
+@dataclass
+class ZMatchOutput:
+    """What one forward pass gives (all on the fixed grid, shapes for input (B, 1, D, H, W)).
+
+    Attributes:
+        restored: (B, 1, D, H, W) restoration of the fixed image.
+        warped: (B, 1, D, H, W) moving image pulled onto the fixed one by ``displacement``.
+        affine: (B, 3, 4) global part, (z, y, x) voxel units about the grid centre.
+        residual: (B, 3, D, H, W) deformable part v (voxels) before fusion.
+        displacement: (B, 3, D, H, W) fused pull field (voxels): warped(p) = moving(p + u(p)).
+        parameters: raw bounded parameters (rotation, scale, translation, shear).
+    """
+
+    restored: torch.Tensor
+    warped: torch.Tensor
+    affine: torch.Tensor
+    residual: torch.Tensor
+    displacement: torch.Tensor
+    parameters: dict[str, torch.Tensor]
+
+
+class GVSLNet(nn.Module):
+    """Shared backbone with the Z-Matching and restoration heads.
+
+    Args:
+        width: first-level channels (paper 32; tests use 4-8).
+        in_channels: image channels (1).
+    """
+
+    def __init__(self, width: int = 32, in_channels: int = 1) -> None:
+        super().__init__()
+        self.width = width
+        self.unet = UNet3D(in_channels, width)
+        bottleneck = 16 * width
+        self.f_conv = DoubleConv(2 * bottleneck, 8 * width)
+        self.sp_conv = DoubleConv(2 * width, max(1, width // 2))
+        half = max(1, width // 2)
+        self.res_conv = nn.Sequential(
+            nn.Conv3d(width, half, 3, padding=1),
+            nn.GroupNorm(max(1, half // 4), half),
+            nn.LeakyReLU(0.2),
+            nn.Conv3d(half, in_channels, 1),
+        )
+        self.out_flow = nn.Conv3d(half, 3, 3, padding=1)
+        self.fc_rot = nn.Linear(8 * width, 3)
+        self.fc_scl = nn.Linear(8 * width, 3)
+        self.fc_trans = nn.Linear(8 * width, 3)
+        self.fc_shear = nn.Linear(8 * width, 6)
+        # Start near the identity mapping, but not exactly at it: small weights keep a gradient
+        # flowing into f_conv and sp_conv from the first step (zero weights would block it).
+        for fc in (self.fc_rot, self.fc_scl, self.fc_trans, self.fc_shear):
+            nn.init.normal_(fc.weight, std=1e-3)
+            nn.init.zeros_(fc.bias)
+        nn.init.normal_(self.out_flow.weight, std=1e-5)
+        nn.init.zeros_(self.out_flow.bias)
+
+    # -- heads ---------------------------------------------------------------------------------
+    def affine_parameters(self, global_moving: torch.Tensor, global_fixed: torch.Tensor, shape) -> dict[str, torch.Tensor]:
+        x = self.f_conv(torch.cat([global_moving, global_fixed], dim=1))
+        x = x.mean(dim=(2, 3, 4))
+        extent = torch.tensor([float(shape[2] - 1), float(shape[1] - 1), float(shape[0] - 1)], device=x.device, dtype=x.dtype)
+        return {
+            "rotation": torch.tanh(self.fc_rot(x)) * MAX_ROTATION,
+            "scale": 1.0 + torch.tanh(self.fc_scl(x)) * MAX_SCALE,
+            "translation": torch.tanh(self.fc_trans(x)) * MAX_TRANSLATION * extent,  # x, y, z voxels
+            "shear": torch.tanh(self.fc_shear(x)) * MAX_SHEAR,
+        }
+
+    def deformable(self, local_moving_affine: torch.Tensor, local_fixed: torch.Tensor) -> torch.Tensor:
+        return self.out_flow(self.sp_conv(torch.cat([local_moving_affine, local_fixed], dim=1)))
+
+    def match(self, global_fixed, local_fixed, global_moving, local_moving, shape):
+        """Z-Matching from features: returns (affine, residual, fused displacement, parameters)."""
+        params = self.affine_parameters(global_moving, global_fixed, shape)
+        affine = affine_matrix_from_parameters(params["rotation"], params["scale"], params["translation"], params["shear"])
+        affine = affine.to(local_fixed.dtype)
+        u_aff = affine_to_displacement(affine.float(), shape).to(local_moving.dtype)
+        residual = self.deformable(warp(local_moving, u_aff), local_fixed)
+        displacement = fuse_affine_and_displacement(affine.float(), residual.float())
+        return affine, residual, displacement, params
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> ZMatchOutput:
+        """Args: fixed, moving (B, 1, D, H, W) on the same grid, intensities in [0, 1]."""
+        shape = fixed.shape[2:]
+        # One backbone pass over both images: halves kernel launches and keeps GroupNorm per sample.
+        global_f, local_f = self.unet(torch.cat([fixed, moving], dim=0))
+        b = fixed.shape[0]
+        affine, residual, displacement, params = self.match(global_f[:b], local_f[:b], global_f[b:], local_f[b:], shape)
+        warped = warp(moving.float(), displacement)
+        restored = self.res_conv(local_f[:b])
+        return ZMatchOutput(restored, warped, affine, residual, displacement, params)
