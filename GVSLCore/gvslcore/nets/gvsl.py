@@ -158,6 +158,14 @@ class GVSLNet(nn.Module):
         displacement = fuse_affine_and_displacement(affine.float(), residual.float())
         return affine, residual, displacement, params
 
+    def predict_affine(self, fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The global part alone: (B, 3, 4) affine (voxels, (z, y, x), about the centre) and its parameters."""
+        global_f = self.unet.forward_global(torch.cat([fixed, moving], dim=0))
+        b = fixed.shape[0]
+        params = self.affine_parameters(global_f[b:], global_f[:b], fixed.shape[2:])
+        affine = affine_matrix_from_parameters(params["rotation"], params["scale"], params["translation"], params["shear"])
+        return affine, params
+
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> ZMatchOutput:
         """Args: fixed, moving (B, 1, D, H, W) on the same grid, intensities in [0, 1]."""
         shape = fixed.shape[2:]

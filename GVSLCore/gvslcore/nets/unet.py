@@ -92,6 +92,16 @@ class UNet3D(nn.Module):
             pads += [extra // 2, extra - extra // 2]
         return pads
 
+    def forward_global(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder alone: the bottleneck (B, 16w, ...) of the padded input."""
+        pads = self._padding(x.shape[2:])
+        if any(pads):
+            x = F.pad(x, pads)
+        x = self.inc(x)
+        for down in (self.down1, self.down2, self.down3, self.down4):
+            x = down(x)
+        return x
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         shape = x.shape[2:]
         pads = self._padding(shape)

@@ -1,0 +1,31 @@
+# GVSL for 3D Slicer: two commands on a fresh machine with Python >= 3.10 and pip.
+#   make demo   phantoms -> pretrain -> fine-tune -> segment (phantom + real CTA) -> evaluate -> pictures
+#   make test   the whole test suite (what CI runs)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# The CPU build of torch on this machine; users with a GPU install their own torch (pyproject: torch>=2.1).
+TORCH  ?= torch==2.13.0
+DEMO_OUT ?= demo_out
+
+.PHONY: venv demo test lint clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: GVSLCore/pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e "GVSLCore[test]"
+	touch $@
+
+demo: venv
+	$(BIN)/gvsl demo $(DEMO_OUT)
+
+test: venv
+	$(BIN)/python -m pytest -q Testing
+
+lint: venv
+	$(BIN)/ruff check GVSLCore GVSLSlicer Testing benchmarks
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
