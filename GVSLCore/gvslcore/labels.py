@@ -94,5 +94,28 @@ class LabelTable:
         return LabelTable([LabelInfo.from_dict(d) for d in items])
 
 
-# Filled in below with Slicer's terminology codes and colours for the seven heart structures.
-HEART_LABELS: LabelTable = LabelTable([])
+def _rgb(r: int, g: int, b: int) -> tuple[float, float, float]:
+    return (round(r / 255.0, 4), round(g / 255.0, 4), round(b / 255.0, 4))
+
+
+# The seven structures of MM-WHS (DESIGN.md): codes and recommended display colours as 3D Slicer's
+# terminology lists them (Terminologies/Resources/SegmentationCategoryTypeModifier-DICOM-Master.json,
+# "Anatomical Structure" category). Slicer's core lists have no myocardium entry, so that one
+# follows SlicerTotalSegmentator's mapping of heart_myocardium (SCT 74281007 "Myocardium"); the
+# ascending aorta has no recommended colour there, so it takes the colour of "Aorta".
+HEART_LABELS: LabelTable = LabelTable([
+    LabelInfo(1, "left ventricle", _rgb(152, 55, 13),
+              type=Code("SCT", "87878005", "Left ventricle"), source_value=500),
+    LabelInfo(2, "right ventricle", _rgb(181, 85, 57),
+              type=Code("SCT", "53085002", "Right ventricle"), source_value=600),
+    LabelInfo(3, "left atrium", _rgb(203, 108, 81),
+              type=Code("SCT", "82471001", "Left atrium"), source_value=420),
+    LabelInfo(4, "right atrium", _rgb(210, 115, 89),
+              type=Code("SCT", "73829009", "Right atrium"), source_value=550),
+    LabelInfo(5, "left ventricular myocardium", _rgb(192, 104, 88),
+              type=Code("SCT", "74281007", "Myocardium"), source_value=205),
+    LabelInfo(6, "ascending aorta", _rgb(224, 97, 76),
+              type=Code("SCT", "54247002", "Ascending aorta"), source_value=820),
+    LabelInfo(7, "pulmonary artery", _rgb(0, 122, 171),
+              type=Code("SCT", "81040000", "Pulmonary artery"), source_value=850),
+])
