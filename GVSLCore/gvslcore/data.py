@@ -89,13 +89,22 @@ class VolumeCache:
         return np.load(target, mmap_mode="r")
 
 
-def random_patch(volume: np.ndarray, patch: Sequence[int], rng: np.random.Generator) -> np.ndarray:
-    """A random (z, y, x) crop of size ``patch``; volumes smaller than the patch are zero-padded
-    (centred) first, so any volume size works."""
+def random_patch(
+    volume: np.ndarray, patch: Sequence[int], rng: np.random.Generator, relative: Sequence[float] | None = None
+) -> np.ndarray:
+    """A (z, y, x) crop of size ``patch``; volumes smaller than the patch are zero-padded (centred)
+    first, so any volume size works.
+
+    ``relative`` in [0, 1]^3 places the crop at that fraction of the free range (same anatomy
+    region in two scans of one body part); None draws it at random.
+    """
     pads = [max(0, p - s) for p, s in zip(patch, volume.shape)]
     if any(pads):
         volume = np.pad(volume, [(d // 2, d - d // 2) for d in pads])
-    starts = [int(rng.integers(0, s - p + 1)) for s, p in zip(volume.shape, patch)]
+    if relative is None:
+        starts = [int(rng.integers(0, s - p + 1)) for s, p in zip(volume.shape, patch)]
+    else:
+        starts = [int(round(r * (s - p))) for r, s, p in zip(relative, volume.shape, patch)]
     crop = volume[tuple(slice(a, a + p) for a, p in zip(starts, patch))]
     return np.array(crop, dtype=np.float32)
 
@@ -130,8 +139,11 @@ class PairPatchDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, int(index)])
         i, j = rng.choice(len(self.volumes), size=2, replace=False)
-        fixed = random_patch(self.volumes[i], self.patch, rng)
-        moving = random_patch(self.volumes[j], self.patch, rng)
+        # Both crops at the same relative place: the pair shows roughly the same anatomy, so
+        # there is a correspondence to learn (two unrelated regions teach matching nothing).
+        where = rng.random(3)
+        fixed = random_patch(self.volumes[i], self.patch, rng, where)
+        moving = random_patch(self.volumes[j], self.patch, rng, where)
         view = appearance_transform(fixed, rng, self.appearance)
         return torch.from_numpy(fixed[None]), torch.from_numpy(view[None]), torch.from_numpy(moving[None])
 

@@ -1,0 +1,36 @@
+"""Shared setup for the Slicer-extension tests (run without Slicer).
+
+The module helpers (GVSLSlicer/GVSLLib) are imported from the source tree; Qt runs offscreen.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["QT_QPA_PLATFORM"] = "offscreen"
+
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import slicer_testpaths  # noqa: F401 - puts GVSLSlicer on sys.path
+
+
+@pytest.fixture(scope="session")
+def panel_png_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the panel PNGs go: $GVSL_PANEL_PNG_DIR, else a temporary folder."""
+    configured = os.environ.get("GVSL_PANEL_PNG_DIR")
+    folder = Path(configured) if configured else tmp_path_factory.mktemp("gvsl_panels")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture()
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """GVSL_HOME (models, runs, jobs) in a temporary folder."""
+    home = tmp_path / "gvsl_home"
+    monkeypatch.setenv("GVSL_HOME", str(home))
+    return home
