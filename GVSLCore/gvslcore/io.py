@@ -42,10 +42,15 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 
 
 def _dicom_series(folder: Path) -> list[str]:
+    # GDCM prints a warning for every folder without a series; "none" is an answer here, not a problem.
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
     try:
         return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or [])
     except RuntimeError:
         return []
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def _read_dicom_folder(folder: Path) -> sitk.Image:

@@ -218,7 +218,7 @@ def test_s4ext_agrees_with_cmake_metadata() -> None:
 
 
 def test_readme_section() -> None:
-    text = (SLICER_DIR / "README_section.md").read_text(encoding="utf-8")
+    text = (REPO / "README.md").read_text(encoding="utf-8")
     assert "## Install in 3D Slicer" in text
     for module in MODULES:
         assert module.replace("GVSL", "GVSL ") in text
