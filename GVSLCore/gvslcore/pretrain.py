@@ -3,6 +3,12 @@
 Loss = w_ncc * NCC(A, warp(B)) + w_smooth * smooth(v) + w_mse * MSE(restore(t(A)), A), Adam.
 The network sees the appearance-transformed view t(A) as its fixed image; both the registration
 and the restoration targets are the untransformed A (the authors' training).
+
+Runs in one process or data-parallel under torchrun (``gvsl pretrain --nproc N``, see
+:mod:`gvslcore.distributed`): ``batch`` is per process, the global batch is ``batch * world``.
+The hot loop never waits for the device: patches and appearance transforms come from DataLoader
+workers into pinned memory, copies are non-blocking, losses stay on the device and are read back
+(all-reduced over ranks) every ``log_every`` steps.
 """
 
 from __future__ import annotations
@@ -16,8 +22,27 @@ import torch
 
 from . import __version__
 from .bundle import default_metadata, save_model
-from .data import PairPatchDataset, Preprocessing, StepSampler, VolumeCache, collect_volumes
-from .engine import TrainingRun, resolve_device, rng_state, set_rng_state
+from .data import (
+    PairPatchDataset,
+    Preprocessing,
+    StepSampler,
+    VolumeCache,
+    collect_volumes,
+)
+from .distributed import (
+    DistContext,
+    StopAgreement,
+    barrier,
+    init_distributed,
+    load_latest_together,
+    loader_options,
+    reduce_mean,
+    shutdown,
+    unwrap,
+    wrap_model,
+    write_debug_digest,
+)
+from .engine import TrainingRun, rng_state, set_rng_state
 from .errors import InputError
 from .events import log
 from .losses import local_ncc_loss, restoration_loss, smoothness_loss
@@ -47,13 +72,15 @@ class PretrainConfig:
     checkpoint_every: int = 100
     keep: int = 3
     log_every: int = 10
-    workers: int = 0
+    workers: int = 0  # DataLoader processes per training process; -1 = auto (up to 8 per GPU, 0 on CPU)
     device: str = "auto"
     bf16: bool = True
+    compile: bool = False  # torch.compile the model (measure first: benchmarks/pretrain_speed.py)
+    channels_last: bool = False  # channels-last-3d memory format for weights and inputs
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def model_metadata(cfg: PretrainConfig, step: int, modality: str) -> dict[str, Any]:
+def model_metadata(cfg: PretrainConfig, step: int, modality: str, world_size: int = 1) -> dict[str, Any]:
     meta = default_metadata("pretrain", cfg.width)
     meta["preprocessing"].update({"modality": modality, "spacing": list(cfg.spacing)})
     meta["provenance"] = {
@@ -62,6 +89,7 @@ def model_metadata(cfg: PretrainConfig, step: int, modality: str) -> dict[str, A
         "steps": step,
         "patch": list(cfg.patch),
         "batch": cfg.batch,
+        "processes": world_size,
         "data": [str(d) for d in cfg.data],
     }
     return meta
@@ -83,41 +111,115 @@ def baseline_losses(fixed, view, moving, window: int) -> dict[str, torch.Tensor]
     return {"ncc_unwarped": local_ncc_loss(fixed, moving, window), "mse_view": restoration_loss(view, fixed)}
 
 
-def run_pretrain(cfg: PretrainConfig, progress: str = "bar", resume: bool = False) -> int:
-    """Train; returns the exit code (0 done, 130/143 cancelled)."""
-    device = resolve_device(cfg.device)
+def training_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    fixed: torch.Tensor,
+    view: torch.Tensor,
+    moving: torch.Tensor,
+    cfg: PretrainConfig,
+    use_bf16: bool,
+) -> dict[str, torch.Tensor]:
+    """Forward (bf16 autocast when asked), backward, Adam step. Returns the losses as detached-able
+    device tensors (no host sync). Shared by the training loop and the speed benchmark."""
+    with torch.autocast(fixed.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        losses = compute_losses(model, fixed, view, moving, cfg)
+    optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    optimizer.step()
+    return losses
+
+
+def make_optimizer(net: torch.nn.Module, cfg: PretrainConfig, device: torch.device) -> torch.optim.Adam:
+    # The fused CUDA kernel updates every parameter in one launch (the foreach path takes several).
+    return torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=device.type == "cuda")
+
+
+def compile_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``torch.compile`` on CUDA, falling back to eager where a graph fails to compile; on CPU the
+    model stays eager (torch 2.13's CPU code generator fails on this network: an assertion in
+    its vectorized stores)."""
+    if device.type != "cuda":
+        logger.info("--compile is used on CUDA only; training eagerly on %s", device)
+        log(f"--compile: ignored on {device.type} (CUDA only); training eagerly")
+        return model
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    return torch.compile(model)
+
+
+def check_inputs(cfg: PretrainConfig, resume: bool, check_folder: bool = False) -> list[Path]:
+    """Validate what can be validated before starting; with ``check_folder`` also the run folder
+    against ``resume`` (what TrainingRun checks on rank 0; the launcher checks it before starting
+    torchrun workers, so that bad input is one line and exit code 2, not a worker failure).
+
+    Returns the volume files. Raises InputError with one line naming the problem.
+    """
     paths = collect_volumes(cfg.data)
     if len(paths) < 2:
         raise InputError(f"found only one volume ({paths[0]}); GVSL pairs two different volumes, add at least one more to --data")
     if cfg.steps < 1:
         raise InputError("--steps must be at least 1")
+    if not check_folder:
+        return paths
+    has_run = Path(cfg.out, "config.json").exists()
+    if has_run and not resume:
+        raise InputError(f"{cfg.out} already holds a run; add --resume to continue it or choose a new --out folder")
+    if resume and not has_run:
+        raise InputError(f"--resume: {cfg.out} holds no run to continue; drop --resume to start one")
+    return paths
+
+
+def run_pretrain(cfg: PretrainConfig, progress: str = "bar", resume: bool = False) -> int:
+    """Train; returns the exit code (0 done, 130/143 cancelled). One process, or one rank of a
+    torchrun job (the environment says which)."""
+    paths = check_inputs(cfg, resume)
+    ctx = init_distributed(cfg.device)
+    try:
+        return _train(cfg, ctx, paths, progress, resume)
+    finally:
+        shutdown(ctx)
+
+
+def _train(cfg: PretrainConfig, ctx: DistContext, paths: list[Path], progress: str, resume: bool) -> int:
+    device = ctx.device
     torch.manual_seed(cfg.seed)
     with TrainingRun(cfg.out, "pretrain", asdict(cfg), cfg.steps, resume=resume, progress=progress, keep=cfg.keep) as run:
         modality = cfg.modality if cfg.modality != "auto" else "CT"
-        model = GVSLNet(cfg.width).to(device)
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        state = run.load_latest(device)
+        net = GVSLNet(cfg.width).to(device)
+        if cfg.channels_last:
+            net = net.to(memory_format=torch.channels_last_3d)
+        optimizer = make_optimizer(net, cfg, device)
+        state = load_latest_together(run, ctx)
         start = 0
         if state is not None:
-            model.load_state_dict(state["model"])
+            net.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             set_rng_state(state["rng"], device)
             start = int(state["step"])
-        run.reporter.start("pretrain", cfg.steps, step=start)
+        run.reporter.start("pretrain", cfg.steps, step=start, world_size=ctx.world_size)
         run.reporter.stage("preprocessing", step=start)
         prep = Preprocessing(tuple(cfg.spacing), cfg.modality)
         cache = VolumeCache(Path(cfg.out) / "cache")
-        volumes = [cache.get(p, prep) for p in paths]
+        # One process per node preprocesses; the others then memory-map its cache files.
+        if ctx.local_rank == 0:
+            volumes = [cache.get(p, prep) for p in paths]
+        barrier(ctx)
+        if ctx.local_rank != 0:
+            volumes = [cache.get(p, prep) for p in paths]
         dataset = PairPatchDataset(volumes, cfg.patch, cfg.seed)
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=cfg.batch,
-            sampler=StepSampler(start, cfg.steps, cfg.batch, run.rank, run.world_size),
-            num_workers=cfg.workers,
-            pin_memory=device.type == "cuda",
-            persistent_workers=False,
+            sampler=StepSampler(start, cfg.steps, cfg.batch, ctx.rank, ctx.world_size),
+            **loader_options(cfg.workers, ctx),
         )
+        model = wrap_model(net, ctx)
+        if cfg.compile:
+            model = compile_model(model, device)
         use_bf16 = cfg.bf16 and device.type == "cuda"
+        stop = StopAgreement(ctx, run.stop)
         sums: dict[str, torch.Tensor] = {}
         count = 0
         step = start
@@ -127,41 +229,41 @@ def run_pretrain(cfg: PretrainConfig, progress: str = "bar", resume: bool = Fals
             run.save_checkpoint(
                 at,
                 {
-                    "model": model.state_dict(),
+                    "model": net.state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "rng": rng_state(device),
-                    "metadata": _json(model_metadata(cfg, at, modality)),
+                    "metadata": _json(model_metadata(cfg, at, modality, ctx.world_size)),
                 },
             )
 
-        for fixed, view, moving in loader:
-            fixed = fixed.to(device, non_blocking=True)
-            view = view.to(device, non_blocking=True)
-            moving = moving.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                losses = compute_losses(model, fixed, view, moving, cfg)
-            optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            optimizer.step()
+        for batch in loader:
+            fixed, view, moving = (t.to(device, non_blocking=True) for t in batch)
+            if cfg.channels_last:
+                fixed, view, moving = (t.contiguous(memory_format=torch.channels_last_3d) for t in (fixed, view, moving))
+            losses = training_step(model, optimizer, fixed, view, moving, cfg, use_bf16)
             step += 1
             # Accumulate on the device; read back only every log_every steps (no per-step sync).
             losses.update(baseline_losses(fixed, view, moving, cfg.ncc_window))
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0) + v.detach()
             count += 1
-            if step % cfg.log_every == 0 or step == cfg.steps or run.stop.requested:
-                means = {k: float(v) / count for k, v in sums.items()}
+            stopping = stop.poll()
+            if step % cfg.log_every == 0 or step == cfg.steps or stopping:
+                means = reduce_mean(sums, ctx, count)
                 run.reporter.progress(step, loss={k: means[k] for k in ("ncc", "smooth", "mse", "total")},
                                       baseline={k: means[k] for k in ("ncc_unwarped", "mse_view")})
                 logger.info("step %d %s", step, " ".join(f"{k}={v:.4f}" for k, v in means.items()))
                 sums, count = {}, 0
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps or run.stop.requested:
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping:
                 checkpoint(step)
-            if run.stop.requested:
+            if stopping:
                 break
+        stop.close()
+        write_debug_digest(net, optimizer, ctx, step)
         outputs: dict[str, Any] = {"run": cfg.out}
         if not run.stop.requested and run.is_main:
-            model_path = save_model(Path(cfg.out) / "model.safetensors", model.state_dict(), model_metadata(cfg, step, modality))
+            model_path = save_model(Path(cfg.out) / "model.safetensors", unwrap(net).state_dict(),
+                                    model_metadata(cfg, step, modality, ctx.world_size))
             run.reporter.artifact("model", model_path)
             outputs["model"] = str(model_path)
             log(f"pretraining done: {model_path}")

@@ -27,10 +27,9 @@ def identity_grid(shape: Sequence[int], device=None, dtype=torch.float32) -> tor
 
 def _normalize(locations: torch.Tensor) -> torch.Tensor:
     """Voxel locations (B, 3, D, H, W) -> grid_sample grid (B, D, H, W, 3) in (x, y, z) order."""
-    shape = locations.shape[2:]
-    scale = torch.tensor([2.0 / max(s - 1, 1) for s in shape], device=locations.device, dtype=locations.dtype)
-    grid = locations * scale.view(1, 3, 1, 1, 1) - 1.0
-    return grid.permute(0, 2, 3, 4, 1).flip(-1)
+    # Python-float scales: no host-to-device copy (and no GPU sync) per call.
+    scaled = [locations[:, k] * (2.0 / max(s - 1, 1)) - 1.0 for k, s in enumerate(locations.shape[2:])]
+    return torch.stack(scaled[::-1], dim=-1)
 
 
 def warp(
@@ -58,12 +57,6 @@ def warp(
     return F.grid_sample(image, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
 
 
-def _spacing_tensor(spacing: Sequence[float] | None, ref: torch.Tensor) -> torch.Tensor:
-    if spacing is None:
-        return torch.ones(3, device=ref.device, dtype=ref.dtype)
-    return torch.as_tensor(list(spacing), device=ref.device, dtype=ref.dtype)
-
-
 def affine_to_displacement(
     matrix: torch.Tensor, shape: Sequence[int], spacing: Sequence[float] | None = None
 ) -> torch.Tensor:
@@ -75,14 +68,14 @@ def affine_to_displacement(
         shape: (D, H, W) of the grid.
         spacing: (z, y, x) voxel size in mm, so that rotations stay rotations on anisotropic grids.
     """
-    grid = identity_grid(shape, matrix.device, matrix.dtype)  # (1, 3, D, H, W)
-    centre = torch.tensor([(s - 1) / 2.0 for s in shape], device=matrix.device, dtype=matrix.dtype).view(1, 3, 1, 1, 1)
-    s = _spacing_tensor(spacing, matrix).view(1, 3, 1, 1, 1)
-    p_mm = (grid - centre) * s
+    spacing = [1.0, 1.0, 1.0] if spacing is None else [float(v) for v in spacing]
+    # Centred millimetre coordinates built on the device from Python floats (no host copies).
+    axes = [(torch.arange(n, device=matrix.device, dtype=matrix.dtype) - (n - 1) / 2.0) * sp for n, sp in zip(shape, spacing)]
+    p_mm = torch.stack(torch.meshgrid(*axes, indexing="ij"))  # (3, D, H, W)
     linear, translation = matrix[:, :, :3], matrix[:, :, 3]
-    q_mm = torch.einsum("bij,bjdhw->bidhw", linear, p_mm.expand(matrix.shape[0], -1, -1, -1, -1))
-    q_mm = q_mm + translation.view(-1, 3, 1, 1, 1)
-    return q_mm / s + centre - grid
+    q_mm = torch.einsum("bij,jdhw->bidhw", linear, p_mm) + translation.view(-1, 3, 1, 1, 1)
+    diff = q_mm - p_mm.unsqueeze(0)
+    return torch.stack([diff[:, k] / spacing[k] for k in range(3)], dim=1)
 
 
 def fuse_affine_and_displacement(
@@ -96,8 +89,12 @@ def fuse_affine_and_displacement(
     affine's linear part expressed in voxel units.
     """
     u_aff = affine_to_displacement(matrix, displacement.shape[2:], spacing)
-    s = _spacing_tensor(spacing, matrix)
-    linear_vox = matrix[:, :, :3] * s.view(1, 1, 3) / s.view(1, 3, 1)  # S^-1 A S
+    linear_vox = matrix[:, :, :3]
+    if spacing is not None:  # S^-1 A S, element by element with Python floats
+        sp = [float(v) for v in spacing]
+        linear_vox = torch.stack(
+            [torch.stack([linear_vox[:, i, j] * (sp[j] / sp[i]) for j in range(3)], dim=-1) for i in range(3)], dim=-2
+        )
     return u_aff + torch.einsum("bij,bjdhw->bidhw", linear_vox, displacement)
 
 

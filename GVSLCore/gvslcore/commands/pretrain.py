@@ -6,6 +6,7 @@ import argparse
 
 from ..cli import add_common, add_training, progress_mode
 from ..data import parse_patch
+from ..distributed import add_nproc
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,12 +27,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mse-weight", type=float, default=1.0)
     p.add_argument("--log-every", type=int, default=10, help="steps between loss read-backs and progress events")
     p.add_argument("--no-bf16", action="store_true", help="train in float32 on CUDA")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (slow first steps; measure before use)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last-3d memory format (measure before use)")
+    add_nproc(p, "pretrain")
     add_common(p)
-    p.set_defaults(func=run)
+    # Pre-training needs workers to keep a GPU busy (appearance transforms are numpy): default auto.
+    p.set_defaults(func=run, workers=-1)
+    for action in p._actions:
+        if action.dest == "workers":
+            action.help = "DataLoader worker processes per training process; -1 = auto: up to 8 per GPU, none on CPU (default -1)"
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pretrain import PretrainConfig, run_pretrain
+    from ..distributed import run_command
+    from ..pretrain import PretrainConfig, check_inputs, run_pretrain
 
     cfg = PretrainConfig(
         data=[str(d) for d in args.data],
@@ -53,5 +62,14 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         device=args.device,
         bf16=not args.no_bf16,
+        compile=args.compile,
+        channels_last=args.channels_last,
     )
-    return run_pretrain(cfg, progress_mode(args), resume=args.resume)
+    return run_command(
+        args,
+        lambda progress: run_pretrain(cfg, progress, resume=args.resume),
+        progress=progress_mode(args),
+        device=cfg.device,
+        run_dir=cfg.out,
+        preflight=lambda: check_inputs(cfg, args.resume, check_folder=True),
+    )

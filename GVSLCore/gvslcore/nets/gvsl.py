@@ -137,11 +137,13 @@ class GVSLNet(nn.Module):
     def affine_parameters(self, global_moving: torch.Tensor, global_fixed: torch.Tensor, shape) -> dict[str, torch.Tensor]:
         x = self.f_conv(torch.cat([global_moving, global_fixed], dim=1))
         x = x.mean(dim=(2, 3, 4))
-        extent = torch.tensor([float(shape[2] - 1), float(shape[1] - 1), float(shape[0] - 1)], device=x.device, dtype=x.dtype)
+        raw_t = torch.tanh(self.fc_trans(x)) * MAX_TRANSLATION
+        extent_xyz = (shape[2] - 1, shape[1] - 1, shape[0] - 1)
+        translation = torch.stack([raw_t[:, k] * float(extent_xyz[k]) for k in range(3)], dim=-1)  # x, y, z voxels
         return {
             "rotation": torch.tanh(self.fc_rot(x)) * MAX_ROTATION,
             "scale": 1.0 + torch.tanh(self.fc_scl(x)) * MAX_SCALE,
-            "translation": torch.tanh(self.fc_trans(x)) * MAX_TRANSLATION * extent,  # x, y, z voxels
+            "translation": translation,
             "shear": torch.tanh(self.fc_shear(x)) * MAX_SHEAR,
         }
 

@@ -1,0 +1,28 @@
+"""A short CPU pre-training on phantoms learns both tasks (the longer run is in the README:
+benchmarks/pretrain_quality.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "pretrain_quality.py"
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("pretrain_quality", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_pretraining_warps_pairs_closer_and_restores_the_view(tmp_path):
+    bench = load_benchmark()
+    r = bench.run(steps=150, width=8, patch=32, cases=6, size=40, batch=2, lr=1e-3, out=tmp_path)
+    # matching: warped held-out pairs are more alike than unwarped ones
+    assert r["ncc_warped"] < r["ncc_unwarped"] - 0.002, r
+    # restoration: the head's output is much closer to the clean image than the transformed view
+    assert r["mse_restored"] < 0.5 * r["mse_view"], r
