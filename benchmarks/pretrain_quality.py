@@ -58,7 +58,15 @@ def run(steps: int, width: int, patch: int, cases: int, size: int, batch: int, l
     seconds = time.monotonic() - t0
     held_out = [10_000 + i for i in range(4)]  # seeds never used for training
     result = evaluate(out / "run" / "model.safetensors", held_out, size, patch)
-    result.update(steps=steps, seconds=seconds)
+    last = [json.loads(line) for line in (out / "run" / "events.jsonl").read_text().splitlines() if '"loss"' in line][-1]
+    result.update(
+        steps=steps,
+        seconds=seconds,
+        train_ncc_warped=last["loss"]["ncc"],
+        train_ncc_unwarped=last["baseline"]["ncc_unwarped"],
+        train_mse_restored=last["loss"]["mse"],
+        train_mse_view=last["baseline"]["mse_view"],
+    )
     return result
 
 
@@ -80,6 +88,10 @@ def main() -> None:
     print("|---|---|---|")
     print(f"| NCC loss (1 - local NCC^2) | {r['ncc_unwarped']:.4f} (unwarped) | {r['ncc_warped']:.4f} (warped) |")
     print(f"| restoration MSE | {r['mse_view']:.4f} (transformed view) | {r['mse_restored']:.4f} (restored) |")
+    print("\n| training pairs, last logging window | before | after |")
+    print("|---|---|---|")
+    print(f"| NCC loss | {r['train_ncc_unwarped']:.4f} (unwarped) | {r['train_ncc_warped']:.4f} (warped) |")
+    print(f"| restoration MSE | {r['train_mse_view']:.4f} (view) | {r['train_mse_restored']:.4f} (restored) |")
     print(f"\n{r['steps']} steps in {r['seconds']:.0f} s; run folder {out / 'run'}")
 
 
