@@ -3,26 +3,13 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("GVSL_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-# Two cores in CI: one intra-op thread per test process keeps subprocess-heavy tests from
-# oversubscribing the machine.
+# Two cores in CI: subprocesses started by tests use at most two intra-op threads.
 os.environ.setdefault("OMP_NUM_THREADS", "2")
-
-
-def shared_file(*parts: str) -> Path:
-    """A file under ../shared/data, or skip the test with a clear message."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real data not available: {path} (the ../shared/data folder is absent)")
-    return path
 
 
 @pytest.fixture

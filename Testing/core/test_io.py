@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import shared_file
+from realdata import shared_file
 from gvslcore.errors import InputError
 from gvslcore.io import (
     normalize_ct,

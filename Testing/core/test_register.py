@@ -32,7 +32,7 @@ from gvslcore.register import (
 )
 from gvslcore.spatial import affine_to_displacement
 
-from conftest import shared_file
+from realdata import shared_file
 
 
 def _rotation(axis, degrees) -> np.ndarray:
