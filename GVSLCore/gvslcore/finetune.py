@@ -311,8 +311,13 @@ class SegPatchDataset(torch.utils.data.Dataset):
         else:
             centre = np.array([rng.uniform((p - 1) / 2, max((p - 1) / 2, s - 1 - (p - 1) / 2)) for s, p in zip(shape, patch)])
         aug = self.augment
+        # Keep the patch inside the volume, as every inference window is: GroupNorm statistics of
+        # a zero-padded patch differ from those of a full window, and a linear probe on frozen
+        # features cannot adapt to that difference (measured: it collapsed to background).
+        half = (patch - 1) / 2
+        centre = np.where(shape >= patch, np.clip(centre, half, shape - 1 - half), (shape - 1) / 2)
         # Patch voxels on whole input voxels: no half-voxel blur of the image against its labels.
-        centre = np.round(centre - (patch - 1) / 2) + (patch - 1) / 2
+        centre = np.round(centre - half) + half
         if aug is not None and rng.random() < aug.p_spatial:
             matrix = _rotation_matrix(rng, aug.max_rotation_deg) * rng.uniform(*aug.scale)
             img, lab = spatial_sample(case.image, case.labels, centre, self.patch, matrix, self.spacing)

@@ -291,21 +291,28 @@ def sliding_window_labels(
 
     for z in starts[0]:
         finalize(z)
-        boxes = [(z, y, x) for y in starts[1] for x in starts[2]]
-        windows = torch.stack([src[z : z + win[0], y : y + win[1], x : x + win[2]] for _, y, x in boxes])[:, None]
-        probs = predictor(windows)
-        if slab is None or slab.device != probs.device:
-            fresh = torch.zeros((num_classes, depth, shape[1], shape[2]), dtype=torch.float32, device=probs.device)
-            if slab is not None:
-                fresh.copy_(slab.to(probs.device))
-            slab = fresh
-        w = weight.to(probs.device)
-        dz = z - slab_z0
-        for (_, y, x), p in zip(boxes, probs):
-            slab[:, dz : dz + win[0], y : y + win[1], x : x + win[2]] += p * w
-        done += len(boxes)
-        if reporter is not None:
-            reporter.progress(done, stage="inference")
+        boxes = [(y, x) for y in starts[1] for x in starts[2]]
+        i = 0
+        while i < len(boxes):
+            # One batch at a time, added to the slab at once: class scores of a whole row of
+            # windows would cost more memory than the slab itself.
+            part = boxes[i : i + max(1, int(getattr(predictor, "batch", 4)))]
+            windows = torch.stack([src[z : z + win[0], y : y + win[1], x : x + win[2]] for y, x in part])[:, None]
+            probs = predictor(windows)
+            if slab is None or slab.device != probs.device:
+                fresh = torch.zeros((num_classes, depth, shape[1], shape[2]), dtype=torch.float32, device=probs.device)
+                if slab is not None:
+                    fresh.copy_(slab.to(probs.device))
+                slab = fresh
+            w = weight.to(probs.device)
+            dz = z - slab_z0
+            for (y, x), p in zip(part, probs):
+                slab[:, dz : dz + win[0], y : y + win[1], x : x + win[2]].add_(p * w)
+            del probs
+            i += len(part)
+            done += len(part)
+            if reporter is not None:
+                reporter.progress(done, stage="inference")
     finalize(shape[0])
     return out
 

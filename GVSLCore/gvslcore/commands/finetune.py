@@ -15,7 +15,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="train a segmentation model (pre-trained backbone + head) on labeled volumes",
         description="Fine-tune the pre-trained U-Net with a segmentation head (Dice + cross-entropy). "
                     "Writes a run folder (checkpoints, events, status; --resume continues it) and, when done, "
-                    "the best model by validation Dice to --out. --lr defaults to 1e-3 (1e-2 with --linear-probe).",
+                    "the best model by validation Dice to --out. --lr defaults to 1e-3 (5e-2 with --linear-probe, "
+                    "which trains the head with class-weighted cross-entropy on standardized frozen features).",
     )
     p.add_argument("--pretrained", metavar="CKPT|MODEL", help="GVSL pre-trained model, checkpoint or run folder (or an installed id)")
     p.add_argument("--init", metavar="MODEL", help="continue from an earlier fine-tuned model (new labeled cases)")
