@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 DEMO_OUT ?= demo_out
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test acceptance lint clean
 
 venv: $(VENV)/.installed
 
@@ -22,7 +22,11 @@ demo: venv
 	$(BIN)/gvsl demo $(DEMO_OUT)
 
 test: venv
-	$(BIN)/python -m pytest -q Testing
+	$(BIN)/python -m pytest -q Testing -m "not acceptance"
+
+# The ML acceptance checks (fine-tune Dice, linear probe, feed-forward registration): long on a CPU.
+acceptance: venv
+	$(BIN)/python -m pytest -q Testing -m acceptance
 
 lint: venv
 	$(BIN)/ruff check GVSLCore GVSLSlicer Testing benchmarks

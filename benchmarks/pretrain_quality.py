@@ -46,13 +46,14 @@ def evaluate(model_path: str | Path, cases: list[int], size: int, patch: int, pa
     return {k: v / pairs for k, v in sums.items()}
 
 
-def run(steps: int, width: int, patch: int, cases: int, size: int, batch: int, lr: float, out: Path, seed: int = 0) -> dict:
+def run(steps: int, width: int, patch: int, cases: int, size: int, batch: int, lr: float, out: Path, seed: int = 0,
+        log_every: int | None = None) -> dict:
     data = out / "phantoms"
     write_dataset(data, cases, size, seed)
     spacing = 192.0 / size  # the phantoms' own spacing: no resampling
     cfg = PretrainConfig(data=[str(data)], out=str(out / "run"), steps=steps, patch=(patch,) * 3, batch=batch,
                          width=width, lr=lr, seed=seed, spacing=(spacing,) * 3, modality="CT",
-                         checkpoint_every=max(steps, 1), log_every=max(1, steps // 10))
+                         checkpoint_every=max(steps, 1), log_every=log_every or max(1, steps // 10))
     t0 = time.monotonic()
     assert run_pretrain(cfg, progress="none") == 0
     seconds = time.monotonic() - t0

@@ -152,6 +152,7 @@ def test_bad_input(tmp_path, small_set, capsys):
     assert not out.exists() and not (tmp_path / "x_run").exists()
 
 
+@pytest.mark.acceptance
 def test_finetuned_from_gvsl_reaches_dice_085_on_held_out_phantoms(tmp_path_factory):
     """The issue's CI-sized acceptance check (figures of a longer run: benchmarks/linear_probe.py)."""
     root = tmp_path_factory.getbasetemp() / "phantom_models"

@@ -4,6 +4,8 @@ backbone by at least 10 Dice points on held-out phantoms."""
 
 from __future__ import annotations
 
+import pytest
+
 import os
 
 import phantom_models as pm
@@ -19,6 +21,7 @@ def probe(root, train, out, *backbone: str) -> None:
                  "--batch", "2", "--val-cases", "2", "--val-every", str(PROBE_STEPS), "--progress", "none"]) == 0
 
 
+@pytest.mark.acceptance
 def test_gvsl_linear_probe_beats_a_random_backbone_by_10_points(tmp_path_factory):
     root = tmp_path_factory.getbasetemp() / "phantom_models"
     root.mkdir(exist_ok=True)
