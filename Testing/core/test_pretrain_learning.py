@@ -19,6 +19,7 @@ def load_benchmark():
 
 
 @pytest.mark.slow
+@pytest.mark.acceptance
 def test_pretraining_warps_pairs_closer_and_restores_the_view(tmp_path):
     bench = load_benchmark()
     r = bench.run(steps=150, width=8, patch=32, cases=6, size=40, batch=2, lr=1e-3, out=tmp_path, log_every=50)
