@@ -68,7 +68,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     except (OSError, ValueError, struct.error):
         raise InputError(f"{path} is not a safetensors model file; give a model written by gvsl (.safetensors)") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise InputError(f"{path} is a safetensors file without GVSL metadata; import it with `gvsl models import-gvsl` or use a gvsl model")
+        raise InputError(f"{path} is a safetensors file without GVSL metadata; "
+                         "import it with `gvsl models import-gvsl` or use a gvsl model")
     return meta
 
 

@@ -26,7 +26,8 @@ def import_official(src: str | os.PathLike, out: str | os.PathLike, modality: st
     try:
         state = torch.load(str(src), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - corrupt, pickled objects or not a checkpoint
-        raise InputError(f"cannot read {src} as a weights-only PyTorch checkpoint ({type(exc).__name__}); give the authors' state_dict .pth") from None
+        raise InputError(f"cannot read {src} as a weights-only PyTorch checkpoint ({type(exc).__name__}); "
+                         "give the authors' state_dict .pth") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(hasattr(v, "shape") for v in state.values()):

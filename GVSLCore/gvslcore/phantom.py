@@ -446,7 +446,8 @@ def _render(anat: Anatomy, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                         (desc_x, desc_y, ao_top[2] + 2.0), (desc_x, desc_y, ao_top[2] - 20.0)], 12)
     d_aorta = np.minimum(_tube(q, arch_path, 10.0), _tube(q, np.array([arch_path[-1], (desc_x, desc_y, -z_top)]), 9.5))
     ra_top = to_body(_RA_C + (2.0, 0.0, 12.0))
-    d_svc = _tube(q, _curve([(ra_top[0] + 2.0, ra_top[1] - 4.0, z_top), (ra_top[0] + 3.0, ra_top[1] - 2.0, ra_top[2] + 30.0), ra_top], 6), 7.5)
+    svc_path = [(ra_top[0] + 2.0, ra_top[1] - 4.0, z_top), (ra_top[0] + 3.0, ra_top[1] - 2.0, ra_top[2] + 30.0), ra_top]
+    d_svc = _tube(q, _curve(svc_path, 6), 7.5)
     ra_bottom = to_body(_RA_C + (6.0, 4.0, -12.0))
     d_ivc = _tube(q, np.array([ra_bottom, (ra_bottom[0] + 6.0, ra_bottom[1] + 8.0, -z_top)]), 9.0)
     carina = np.array([bx + 1.0, vb_y - 26.0, ao_top[2] + 4.0])

@@ -30,11 +30,13 @@ def _oriented(image: sitk.Image) -> sitk.Image:
     return sitk.DICOMOrient(image, "LPS")
 
 
-def _colors(table: LabelTable | None, values: Sequence[int]) -> dict[int, tuple[float, float, float]]:
+def _colors(table: LabelTable | None, values: Sequence[int], distinct: bool) -> dict[int, tuple[float, float, float]]:
     import matplotlib
 
+    cmap = matplotlib.colormaps["tab10" if distinct else "tab20"]
+    if distinct:
+        return {int(v): tuple(cmap(i % 10)[:3]) for i, v in enumerate(values)}
     known = {lab.value: tuple(lab.color) for lab in table} if table is not None else {}
-    cmap = matplotlib.colormaps["tab20"]
     return {int(v): known.get(int(v), cmap(int(v) % 20)[:3]) for v in values}
 
 
@@ -70,6 +72,7 @@ def overlay_png(
     point: Sequence[float] | None = None,
     window: Sequence[float] | None = None,
     alpha: float = 0.45,
+    distinct_colors: bool = False,
     dpi: int = 110,
 ) -> Path:
     """Write a PNG with axial, coronal and sagittal planes of ``image`` and its ``labels``.
@@ -85,6 +88,9 @@ def overlay_png(
             the volume centre without labels.
         window: display intensity range; default the 1st-99th percentile.
         alpha: overlay opacity.
+        distinct_colors: a qualitative palette instead of the table's colours (Slicer's colours for
+            neighbouring heart structures are close reds; QC pictures may want them apart).
+            Label outlines are drawn either way.
     """
     try:
         import matplotlib
@@ -114,7 +120,7 @@ def overlay_png(
     lo, hi = _window(np.asarray(arr), window)
 
     values = sorted(set(np.unique(lab).tolist()) - {0}) if lab is not None else []
-    colors = _colors(label_table, values)
+    colors = _colors(label_table, values, distinct_colors)
     lut = np.zeros((max(values, default=0) + 1, 4), dtype=np.float32)
     for v, c in colors.items():
         lut[v] = (*c, alpha)
@@ -131,7 +137,12 @@ def overlay_png(
         ax.imshow(plane, cmap="gray", vmin=lo, vmax=hi, extent=extent, origin=origin,
                   interpolation="nearest", aspect="equal")
         if lplane is not None and values:
-            ax.imshow(lut[np.asarray(lplane)], extent=extent, origin=origin, interpolation="nearest", aspect="equal")
+            lp = np.asarray(lplane)
+            ax.imshow(lut[lp], extent=extent, origin=origin, interpolation="nearest", aspect="equal")
+            for v in values:
+                mask = (lp == v).astype(np.float32)
+                if 0 < mask.sum() < mask.size:
+                    ax.contour(mask, levels=[0.5], colors=[colors[v]], linewidths=0.9, extent=extent, origin=origin)
         ax.set_title(name, fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])

@@ -290,9 +290,9 @@ def _run_list(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no models in the catalog ({catalog_path()}) and none installed in {models_dir()}")
         return 0
-    print(f"{'id':32} {'version':8} {'modality':8} {'installed':9} title")
+    print(f"{'id':32} {'version':11} {'modality':8} {'installed':9} title")
     for row in rows:
-        print(f"{row['id']:32} {row.get('version', '')!s:8} {row.get('modality', '')!s:8} "
+        print(f"{row['id']:32} {row.get('version', '')!s:11} {row.get('modality', '')!s:8} "
               f"{'yes' if row['installed'] else 'no':9} {row.get('title', '')}")
     print(f"(cache: {models_dir()}; catalog: {catalog_path()})", file=sys.stderr)
     return 0

@@ -21,7 +21,7 @@ SPACING = 3.0
 WIDTH = 8
 PATCH = 32
 PRETRAIN_STEPS = int(os.environ.get("GVSL_TEST_PRETRAIN_STEPS", "200"))
-FINETUNE_STEPS = int(os.environ.get("GVSL_TEST_FINETUNE_STEPS", "300"))
+FINETUNE_STEPS = int(os.environ.get("GVSL_TEST_FINETUNE_STEPS", "800"))
 
 _cache: dict[str, Path] = {}
 

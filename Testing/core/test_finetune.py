@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import phantom_models as pm
 import pytest
 import SimpleITK as sitk
 import torch
@@ -20,6 +19,8 @@ import torch
 from gvslcore.bundle import default_metadata, read_metadata, resolve_model, save_model
 from gvslcore.cli import main
 from gvslcore.labels import HEART_LABELS
+
+import phantom_models as pm
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +153,6 @@ def test_bad_input(tmp_path, small_set, capsys):
     assert not out.exists() and not (tmp_path / "x_run").exists()
 
 
-@pytest.mark.acceptance
 def test_finetuned_from_gvsl_reaches_dice_085_on_held_out_phantoms(tmp_path_factory):
     """The issue's CI-sized acceptance check (figures of a longer run: benchmarks/linear_probe.py)."""
     root = tmp_path_factory.getbasetemp() / "phantom_models"

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from realdata import shared_file
 from gvslcore.errors import InputError
 from gvslcore.io import (
     normalize_ct,
@@ -17,6 +16,8 @@ from gvslcore.io import (
     same_geometry,
     write_image,
 )
+
+from realdata import shared_file
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha", ".nii"])

@@ -4,15 +4,15 @@ backbone by at least 10 Dice points on held-out phantoms."""
 
 from __future__ import annotations
 
-import pytest
-
 import os
 
-import phantom_models as pm
+import pytest
 
 from gvslcore.cli import main
 
-PROBE_STEPS = int(os.environ.get("GVSL_TEST_PROBE_STEPS", "150"))
+import phantom_models as pm
+
+PROBE_STEPS = int(os.environ.get("GVSL_TEST_PROBE_STEPS", "300"))
 
 
 def probe(root, train, out, *backbone: str) -> None:

@@ -41,6 +41,7 @@ def test_hd95_of_a_shifted_cube_is_the_shift_in_mm():
     assert hd95(a, np.zeros_like(a), (1.0, 1.0, 1.0)) == math.inf
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_agrees_with_monai():
     monai_metrics = pytest.importorskip("monai.metrics")
     import torch

@@ -97,7 +97,8 @@ def test_affine_parameters_recover_a_known_affine_by_gradient_descent():
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("affine_recovery", Path(__file__).resolve().parents[2] / "benchmarks" / "affine_recovery.py")
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "affine_recovery.py"
+    spec = importlib.util.spec_from_file_location("affine_recovery", script)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     r = bench.direct_fit(size=24, spacing=8.0, iterations=120)

@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import phantom_models as pm
 import pytest
 import SimpleITK as sitk
 import torch
@@ -32,6 +31,7 @@ from gvslcore.register import (
 )
 from gvslcore.spatial import affine_to_displacement
 
+import phantom_models as pm
 from realdata import shared_file
 
 
@@ -244,7 +244,6 @@ def test_known_rigid_motion_is_recovered_in_millimetres(tmp_path):
 
 # -- the feed-forward path with a pretrained model -------------------------------------------------------
 
-@pytest.mark.acceptance
 def test_feed_forward_export_matches_the_network_on_its_working_grid(tmp_path_factory):
     """When the fixed grid is the working grid, warped.nii.gz is what the network itself warps,
     so the export (affine + residual -> one ITK field, through the initial transform) is exact."""
@@ -272,7 +271,6 @@ def test_feed_forward_export_matches_the_network_on_its_working_grid(tmp_path_fa
     assert result.metrics["model"] and "prediction" in result.metrics["seconds"]
 
 
-@pytest.mark.acceptance
 def test_cli_feed_forward_and_instance_optimization_from_the_model(tmp_path_factory, phantom_pair):
     root = tmp_path_factory.getbasetemp() / "phantom_models"
     root.mkdir(exist_ok=True)

@@ -314,7 +314,7 @@ def test_demo_smoke(tmp_path, capsys):
                  "--width", "4", "--no-cta", "--device", "cpu"])
     assert code == 0
     text = capsys.readouterr().out
-    assert "NCC loss" in text and "held-out phantom Dice" in text
+    assert "NCC" in text and "MSE restore" in text and "held-out phantom Dice" in text
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["held_out_dice"]) <= {lab.name for lab in HEART_LABELS}
     for picture in summary["pictures"]:
