@@ -1,8 +1,9 @@
 """Does the affine head learn? Train it alone on phantom pairs related by known random affines.
 
 The authors' affine matrix was rebuilt with ``torch.FloatTensor([...])``, which cut the gradient:
-their affine head never trained. Here the backbone encoder, f_conv and the four linear layers are
-trained with the NCC loss of the affinely warped moving image only (no deformable head), and the
+their affine head never trained. Here the backbone, the affine head (f_conv on the bottleneck,
+f_moments on the local features' spatial moments, the four linear layers) are trained with the NCC
+loss of the affinely warped moving image only (no deformable head, no restoration), and the
 predicted mapping is compared with the known one by the mean error of the 8 patch corners (mm).
 
     python benchmarks/affine_recovery.py --steps 600 --width 8 --size 32
@@ -91,7 +92,7 @@ def run(steps: int = 600, width: int = 8, size: int = 32, cases: int = 10, batch
     volumes = phantom_volumes(cases, size, seed, spacing)
     train, test = volumes[:-2], volumes[-2:]
     model = GVSLNet(width)
-    params = [p for n, p in model.named_parameters() if n.startswith(("unet.inc", "unet.down", "f_conv", "fc_"))]
+    params = [p for n, p in model.named_parameters() if n.startswith(("unet.", "f_conv", "f_moments", "fc_"))]
     optimizer = torch.optim.Adam(params, lr=lr)
     gen = torch.Generator().manual_seed(seed + 1)
     test_moving = torch.cat([test[i % 2] for i in range(16)])

@@ -1,8 +1,10 @@
 """Import the authors' released checkpoint (``GVSL_epoch_1000.pth``, a plain state_dict).
 
 Our :class:`GVSLNet` keeps the authors' parameter names, so the import is a strict, shape-checked
-load: every expected key present with the expected shape, nothing unexpected. The file is read
-with ``torch.load(weights_only=True)``: tensors only, nothing unpickled.
+load: every key of theirs present with the expected shape, nothing unexpected. The one layer of ours
+that their model lacks (``f_moments``, the pose moments of the affine head) starts freshly
+initialized: their affine head never received a gradient, so nothing trained is lost. The file is
+read with ``torch.load(weights_only=True)``: tensors only, nothing unpickled.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from pathlib import Path
 
 from .bundle import default_metadata, save_model
 from .errors import InputError
+
+OURS_ONLY = ("f_moments.",)  # layers of our GVSLNet that the authors' model does not have
 
 
 def import_official(src: str | os.PathLike, out: str | os.PathLike, modality: str = "CT") -> tuple[Path, int]:
@@ -34,7 +38,11 @@ def import_official(src: str | os.PathLike, out: str | os.PathLike, modality: st
         raise InputError(f"{src} is not a state_dict of tensors; give the authors' GVSL_epoch_*.pth")
     state = {k.removeprefix("module."): v for k, v in state.items()}  # saved from DataParallel
     width = _infer_width(state, src)
-    expected = GVSLNet(width).state_dict()
+    with torch.random.fork_rng(devices=[]):  # the fresh layers are reproducible; the caller's RNG is untouched
+        torch.manual_seed(0)
+        ours = GVSLNet(width).state_dict()
+    fresh = {k: v for k, v in ours.items() if k.startswith(OURS_ONLY)}
+    expected = {k: v for k, v in ours.items() if k not in fresh}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -53,7 +61,7 @@ def import_official(src: str | os.PathLike, out: str | os.PathLike, modality: st
         "method": "GVSL (He et al., CVPR 2023)",
         "trained_on": "302 cardiac CTAs at 1 mm (paper)",
     }
-    tensors = {k: state[k].float() for k in expected}
+    tensors = {**{k: state[k].float() for k in expected}, **fresh}
     return save_model(out, tensors, meta), len(tensors)
 
 

@@ -273,9 +273,7 @@ def predict(model: torch.nn.Module, fixed_w: torch.Tensor, moving_w: torch.Tenso
         affine (3, 4) in working voxels, (z, y, x), about the grid centre; residual (1, 3, D, H, W) voxels.
     """
     shape = fixed_w.shape[2:]
-    global_f, local_f = model.unet(fixed_w)
-    global_m, local_m = model.unet(moving_w)
-    affine, residual, _, _ = model.match(global_f, local_f, global_m, local_m, shape)
+    affine, residual, _, _ = model.match(model.unet.features(fixed_w), model.unet.features(moving_w), shape)
     return affine[0].float().clone(), residual.float().clone()
 
 

@@ -103,3 +103,24 @@ def test_affine_parameters_recover_a_known_affine_by_gradient_descent():
     spec.loader.exec_module(bench)
     r = bench.direct_fit(size=24, spacing=8.0, iterations=120)
     assert r["fitted_corner_error_mm"] < 0.1 * r["initial_corner_error_mm"], r
+
+
+def test_feature_moments_locate_and_shape_a_blob():
+    """The affine head's pose descriptor: centroid in [-1, 1] coordinates per axis (z, y, x) and the
+    central second moments, on a non-cubic grid."""
+    from gvslcore.nets.gvsl import feature_moments
+
+    shape = (17, 25, 41)
+    axes = [torch.linspace(-1, 1, n) for n in shape]
+    z, y, x = torch.meshgrid(*axes, indexing="ij")
+    centre = (0.25, -0.5, 0.1)
+    blob = ((z - centre[0]) / 0.3) ** 2 + ((y - centre[1]) / 0.2) ** 2 + ((x - centre[2]) / 0.5) ** 2 <= 1
+    features = torch.where(blob, 30.0, -30.0)[None, None]  # softplus: ~30 inside, ~0 outside
+    m = feature_moments(features)
+    assert m.shape == (1, 10)
+    torch.testing.assert_close(m[0, :3], torch.tensor(centre), atol=0.02, rtol=0)
+    zz, yy, xx = m[0, 3:6]
+    assert xx > zz > yy > 0  # the ellipsoid is longest along x, shortest along y
+    assert abs(float(m[0, 6])) < 1e-3  # no z-y correlation in an axis-aligned ellipsoid
+    shifted = torch.roll(features, shifts=4, dims=4)  # 4 voxels along x = 4 * 2 / 40 in [-1, 1]
+    torch.testing.assert_close(feature_moments(shifted)[0, 2] - m[0, 2], torch.tensor(0.2), atol=1e-3, rtol=0)

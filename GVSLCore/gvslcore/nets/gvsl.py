@@ -4,7 +4,8 @@ Given a fixed image A (possibly appearance-transformed) and a moving image B, th
 how B maps onto A:
 
 - affine head (global similarity): concat(global_B, global_A) -> DoubleConv(8w) -> global average
-  pool -> four linear layers giving 3 rotations, 3 scales, 3 translations and 6 shears, each
+  pool, plus (ours) the spatial moments of the level-2 encoder maps of A and B -> four linear layers
+  giving 3 rotations, 3 scales, 3 translations and 6 shears, each
   bounded with tanh (rotation +-20 deg, scale 0.75-1.25, shear +-10 deg, translation +-20 % of the
   extent), composed *differentiably* into a (B, 3, 4) matrix -- the authors rebuilt it with
   ``torch.FloatTensor([...])``, which cut the gradient and broke batches > 1;
@@ -15,6 +16,15 @@ how B maps onto A:
 
 The restoration head maps local_A back to the untransformed A (Models Genesis "fundament").
 Parameter names follow the authors' release.
+
+Why the moments: average pooling of the bottleneck (2^3 voxels for a 32^3 patch, 8^3 for 128^3)
+keeps what is in the volume but not *where*, and a pose is a where. Trained alone on pairs related
+by known affines, the pooled head alone learned little (held-out corner error 31 -> 28 mm in 1,600
+steps; benchmarks/affine_recovery.py) and at higher learning rates its features collapsed to a
+constant. The mass-weighted centroid and second moments of each feature channel are the
+classical moments alignment with learned "masses": a translation shifts the centroids, a rotation
+or scale turns or stretches the second moments. They enter the same four linear layers through
+``f_moments`` (a new layer; the authors' file has none, and their affine layers never trained).
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ import torch
 import torch.nn as nn
 
 from ..spatial import affine_to_displacement, fuse_affine_and_displacement, warp
-from .unet import DoubleConv, UNet3D
+from .unet import DoubleConv, Features, UNet3D
 
 MAX_ROTATION = math.pi / 9  # 20 degrees
 MAX_SCALE = 0.25
@@ -77,6 +87,35 @@ def affine_matrix_from_parameters(
     return torch.cat([linear_zyx, translation.flip(-1).unsqueeze(-1)], dim=-1)
 
 
+def feature_moments(features: torch.Tensor) -> torch.Tensor:
+    """Spatial moments of each channel of a feature map, as a pose descriptor.
+
+    Args:
+        features: (B, C, D, H, W).
+
+    Returns:
+        (B, 10 C): per channel, with softplus(features) as the mass over coordinates in [-1, 1] along
+        each axis: the centroid (z, y, x), the six central second moments (zz, yy, xx, zy, zx, yx) and
+        the log mean mass.
+    """
+    with torch.autocast(features.device.type, enabled=False):  # sums over every voxel: keep float32
+        return _moments(nn.functional.softplus(features.float()))
+
+
+def _moments(mass: torch.Tensor) -> torch.Tensor:
+    b, c = mass.shape[:2]
+    axes = [torch.linspace(-1.0, 1.0, n, device=mass.device) for n in mass.shape[2:]]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij")).flatten(1)  # (3, N)
+    pairs = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]
+    products = torch.stack([grid[i] * grid[j] for i, j in pairs])  # (6, N)
+    m = mass.flatten(2)  # (B, C, N)
+    total = m.sum(-1, keepdim=True) + 1e-6
+    centroid = (m @ grid.T) / total  # (B, C, 3)
+    second = (m @ products.T) / total - torch.stack([centroid[..., i] * centroid[..., j] for i, j in pairs], dim=-1)
+    log_mass = torch.log(total / m.shape[-1])
+    return torch.cat([centroid, second, log_mass], dim=-1).reshape(b, 10 * c)
+
+
 @dataclass
 class ZMatchOutput:
     """What one forward pass gives (all on the fixed grid, shapes for input (B, 1, D, H, W)).
@@ -125,6 +164,8 @@ class GVSLNet(nn.Module):
         self.fc_scl = nn.Linear(8 * width, 3)
         self.fc_trans = nn.Linear(8 * width, 3)
         self.fc_shear = nn.Linear(8 * width, 6)
+        # pose moments of the level-2 encoder maps (2w channels, 10 moments each) of both images
+        self.f_moments = nn.Sequential(nn.Linear(2 * 10 * 2 * width, 8 * width), nn.LeakyReLU(0.2))
         # Start near the identity mapping, but not exactly at it: small weights keep a gradient
         # flowing into f_conv and sp_conv from the first step (zero weights would block it).
         for fc in (self.fc_rot, self.fc_scl, self.fc_trans, self.fc_shear):
@@ -134,9 +175,13 @@ class GVSLNet(nn.Module):
         nn.init.zeros_(self.out_flow.bias)
 
     # -- heads ---------------------------------------------------------------------------------
-    def affine_parameters(self, global_moving: torch.Tensor, global_fixed: torch.Tensor, shape) -> dict[str, torch.Tensor]:
-        x = self.f_conv(torch.cat([global_moving, global_fixed], dim=1))
-        x = x.mean(dim=(2, 3, 4))
+    def affine_parameters(self, global_moving: torch.Tensor, global_fixed: torch.Tensor, pose_moving: torch.Tensor,
+                          pose_fixed: torch.Tensor, shape) -> dict[str, torch.Tensor]:
+        """Bounded parameters from the bottleneck (B, 16w, ...) and level-2 (B, 2w, ...) maps of both images;
+        ``shape`` is the (D, H, W) of the grid the affine acts on (translations are fractions of it)."""
+        x = self.f_conv(torch.cat([global_moving, global_fixed], dim=1)).mean(dim=(2, 3, 4))
+        pose = torch.cat([feature_moments(pose_moving), feature_moments(pose_fixed)], dim=1)
+        x = x + self.f_moments(pose.to(x.dtype))
         raw_t = torch.tanh(self.fc_trans(x)) * MAX_TRANSLATION
         extent_xyz = (shape[2] - 1, shape[1] - 1, shape[0] - 1)
         translation = torch.stack([raw_t[:, k] * float(extent_xyz[k]) for k in range(3)], dim=-1)  # x, y, z voxels
@@ -150,9 +195,11 @@ class GVSLNet(nn.Module):
     def deformable(self, local_moving_affine: torch.Tensor, local_fixed: torch.Tensor) -> torch.Tensor:
         return self.out_flow(self.sp_conv(torch.cat([local_moving_affine, local_fixed], dim=1)))
 
-    def match(self, global_fixed, local_fixed, global_moving, local_moving, shape):
-        """Z-Matching from features: returns (affine, residual, fused displacement, parameters)."""
-        params = self.affine_parameters(global_moving, global_fixed, shape)
+    def match(self, fixed: Features, moving: Features, shape):
+        """Z-Matching from the backbone's features of both images (``UNet3D.features``): returns
+        (affine, residual, fused displacement, parameters)."""
+        local_fixed, local_moving = fixed.local, moving.local
+        params = self.affine_parameters(moving.bottleneck, fixed.bottleneck, moving.pose, fixed.pose, shape)
         affine = affine_matrix_from_parameters(params["rotation"], params["scale"], params["translation"], params["shear"])
         affine = affine.to(local_fixed.dtype)
         u_aff = affine_to_displacement(affine.float(), shape).to(local_moving.dtype)
@@ -162,9 +209,10 @@ class GVSLNet(nn.Module):
 
     def predict_affine(self, fixed: torch.Tensor, moving: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The global part alone: (B, 3, 4) affine (voxels, (z, y, x), about the centre) and its parameters."""
-        global_f = self.unet.forward_global(torch.cat([fixed, moving], dim=0))
+        levels = self.unet.encode(torch.cat([fixed, moving], dim=0))  # the encoder is enough
+        pose, bottleneck = levels[1], levels[4]
         b = fixed.shape[0]
-        params = self.affine_parameters(global_f[b:], global_f[:b], fixed.shape[2:])
+        params = self.affine_parameters(bottleneck[b:], bottleneck[:b], pose[b:], pose[:b], fixed.shape[2:])
         affine = affine_matrix_from_parameters(params["rotation"], params["scale"], params["translation"], params["shear"])
         return affine, params
 
@@ -172,9 +220,11 @@ class GVSLNet(nn.Module):
         """Args: fixed, moving (B, 1, D, H, W) on the same grid, intensities in [0, 1]."""
         shape = fixed.shape[2:]
         # One backbone pass over both images: halves kernel launches and keeps GroupNorm per sample.
-        global_f, local_f = self.unet(torch.cat([fixed, moving], dim=0))
+        both = self.unet.features(torch.cat([fixed, moving], dim=0))
         b = fixed.shape[0]
-        affine, residual, displacement, params = self.match(global_f[:b], local_f[:b], global_f[b:], local_f[b:], shape)
+        f_fixed = Features(*(t[:b] for t in both))
+        f_moving = Features(*(t[b:] for t in both))
+        affine, residual, displacement, params = self.match(f_fixed, f_moving, shape)
         warped = warp(moving.float(), displacement)
-        restored = self.res_conv(local_f[:b])
+        restored = self.res_conv(f_fixed.local)
         return ZMatchOutput(restored, warped, affine, residual, displacement, params)

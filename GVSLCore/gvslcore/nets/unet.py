@@ -6,6 +6,8 @@ Module and parameter names follow the authors' release (``inc``, ``down1..4.maxp
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -58,6 +60,20 @@ class Up(nn.Module):
         return self.conv(torch.cat([skip, low], dim=1))
 
 
+class Features(NamedTuple):
+    """What the backbone gives the GVSL heads, for input (B, C, D, H, W) padded to D', H', W'.
+
+    Attributes:
+        bottleneck: (B, 16w, D'/16, H'/16, W'/16) global features (the affine head's f_conv).
+        pose: (B, 2w, D'/2, H'/2, W'/2) second encoder level (the affine head's spatial moments).
+        local: (B, w, D, H, W) last decoder map on the input grid (deformable and restoration heads).
+    """
+
+    bottleneck: torch.Tensor
+    pose: torch.Tensor
+    local: torch.Tensor
+
+
 class UNet3D(nn.Module):
     """The shared backbone.
 
@@ -92,31 +108,31 @@ class UNet3D(nn.Module):
             pads += [extra // 2, extra - extra // 2]
         return pads
 
-    def forward_global(self, x: torch.Tensor) -> torch.Tensor:
-        """The encoder alone: the bottleneck (B, 16w, ...) of the padded input."""
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The encoder alone on the padded input: the five levels (B, w, ...) ... (B, 16w, D'/16, ...)."""
         pads = self._padding(x.shape[2:])
-        if any(pads):
-            x = F.pad(x, pads)
-        x = self.inc(x)
-        for down in (self.down1, self.down2, self.down3, self.down4):
-            x = down(x)
-        return x
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = x.shape[2:]
-        pads = self._padding(shape)
         if any(pads):
             x = F.pad(x, pads)
         x1 = self.inc(x)
         x2 = self.down1(x1)
         x3 = self.down2(x2)
         x4 = self.down3(x3)
-        x5 = self.down4(x4)
+        return x1, x2, x3, x4, self.down4(x4)
+
+    def features(self, x: torch.Tensor) -> Features:
+        """Bottleneck, level-2 encoder map and local features of ``x`` (see :class:`Features`)."""
+        shape = x.shape[2:]
+        x1, x2, x3, x4, x5 = self.encode(x)
         y = self.up1(x5, x4)
         y = self.up2(y, x3)
         y = self.up3(y, x2)
         y = self.up4(y, x1)
+        pads = self._padding(shape)
         if any(pads):
             z0, y0, x0 = pads[4], pads[2], pads[0]
             y = y[:, :, z0 : z0 + shape[0], y0 : y0 + shape[1], x0 : x0 + shape[2]]
-        return x5, y
+        return Features(x5, x2, y)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.features(x)
+        return f.bottleneck, f.local
