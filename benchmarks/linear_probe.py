@@ -3,7 +3,7 @@
 GVSL pre-training on unlabeled phantoms, then four segmentation models trained identically on the
 same labeled phantoms and scored on held-out phantoms:
 
-    linear probe  (frozen backbone, 1x1x1 head only): GVSL-pretrained  vs  random backbone
+    linear probe  (frozen backbone, one 3x3x3 conv head): GVSL-pretrained  vs  random backbone
     fine-tune     (all weights):                       GVSL-pretrained  vs  from scratch
 
 Prints a table of mean and per-label Dice (and writes --json). CPU-sized by default; give more

@@ -1,4 +1,4 @@
-"""Fine-tuning a segmentation model: the (GVSL-pre-trained) U-Net backbone plus a 1x1x1 head.
+"""Fine-tuning a segmentation model: the (GVSL-pre-trained) U-Net backbone plus a one-layer 3x3x3 head.
 
 Modes (DESIGN.md, the paper's downstream protocol):
 
@@ -413,7 +413,8 @@ def model_start(cfg: FinetuneConfig) -> ModelStart:
 def build_network(start: ModelStart, device: torch.device):
     from .nets import SegNet
 
-    net = SegNet(start.table.num_classes, start.width)
+    head = (start.full_state or {}).get("head.weight")
+    net = SegNet(start.table.num_classes, start.width, head_kernel=int(head.shape[-1]) if head is not None else 3)
     if start.full_state is not None:
         try:
             net.load_state_dict(start.full_state, strict=True)
@@ -472,12 +473,13 @@ def feature_statistics(net: torch.nn.Module, dataset: SegPatchDataset, device: t
 
 
 def fold_standardization(state: dict[str, torch.Tensor], mean: torch.Tensor, std: torch.Tensor) -> dict[str, torch.Tensor]:
-    """A state dict whose 1x1x1 head acts on raw features like the trained head on standardized
-    ones: ``W ((f - m) / s) + b = (W / s) f + (b - (W / s) m)``."""
+    """A state dict whose head acts on raw features like the trained head on standardized ones:
+    ``W * ((f - m) / s) + b = (W / s) * f + (b - sum_k (W / s) m)`` (exact with the head's
+    replicate padding, since a per-channel affine map commutes with replication)."""
     out = dict(state)
     w = state["head.weight"] / std.to(state["head.weight"]).view(1, -1, 1, 1, 1)
     out["head.weight"] = w
-    out["head.bias"] = state["head.bias"] - (w.flatten(1) * mean.to(w).view(1, -1)).sum(1)
+    out["head.bias"] = state["head.bias"] - (w * mean.to(w).view(1, -1, 1, 1, 1)).sum(dim=(1, 2, 3, 4))
     return out
 
 

@@ -114,7 +114,9 @@ def load_segmenter(model: str | os.PathLike, device: str | torch.device = "cpu")
     state, meta = resolve_model(path)
     check_segmentation_metadata(meta, str(path))
     arch = meta["architecture"]
-    net = SegNet(int(arch["num_classes"]), int(arch["width"]), int(arch.get("in_channels", 1)))
+    head = state.get("head.weight")
+    head_kernel = int(head.shape[-1]) if head is not None and head.ndim == 5 else 3
+    net = SegNet(int(arch["num_classes"]), int(arch["width"]), int(arch.get("in_channels", 1)), head_kernel)
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -168,3 +168,23 @@ def test_finetuned_from_gvsl_reaches_dice_085_on_held_out_phantoms(tmp_path_fact
     print(f"held-out mean Dice after {pm.FINETUNE_STEPS} fine-tuning steps: {dice:.3f}")
     assert dice >= 0.85
     assert np.isfinite(read_metadata(out)["provenance"]["best_validation_dice"])
+
+
+def test_probe_standardization_folds_into_the_head_exactly_at_the_borders():
+    """The linear probe trains its 3x3x3 head on standardized features and saves a plain SegNet:
+    the folded head on raw features must give the same logits everywhere, borders included
+    (replicate padding commutes with the per-channel affine map; zero padding would not)."""
+    from gvslcore.finetune import fold_standardization
+    from gvslcore.nets import SegNet
+
+    torch.manual_seed(0)
+    net = SegNet(3, width=4)
+    torch.nn.init.normal_(net.head.weight)
+    x = torch.rand(1, 1, 16, 20, 24)
+    with torch.no_grad():
+        features = net.unet(x)[1]
+        mean, std = torch.randn(4), torch.rand(4) + 0.5
+        expected = net.head((features - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1))
+        folded = SegNet(3, width=4)
+        folded.load_state_dict(fold_standardization(net.state_dict(), mean, std))
+        torch.testing.assert_close(folded(x), expected, atol=1e-4, rtol=1e-4)

@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrained", metavar="CKPT|MODEL", help="GVSL pre-trained model, checkpoint or run folder (or an installed id)")
     p.add_argument("--init", metavar="MODEL", help="continue from an earlier fine-tuned model (new labeled cases)")
     p.add_argument("--from-scratch", action="store_true", help="random backbone (the baseline)")
-    p.add_argument("--linear-probe", action="store_true", help="freeze the backbone, train only the 1x1x1 head (linear evaluation)")
+    p.add_argument("--linear-probe", action="store_true",
+                   help="freeze the backbone, train only the one-layer 3x3x3 head (the paper's linear evaluation)")
     p.add_argument("--images", required=True, metavar="DIR", help="folder of images")
     p.add_argument("--labels", required=True, metavar="DIR", help="folder of label maps with the images' file names")
     p.add_argument("--out", required=True, metavar="MODEL.safetensors", help="the model file written at the end")

@@ -1,4 +1,11 @@
-"""Segmentation model: the (pre-trained) U-Net backbone plus a 1x1x1 segmentation head."""
+"""Segmentation model: the (pre-trained) U-Net backbone plus a one-layer segmentation head.
+
+The head is one 3x3x3 convolution, as in the authors' downstream models (their ``out_conv``), so
+that the paper's linear evaluation (frozen backbone, this layer alone) sees each voxel's
+neighbourhood. Replicate padding, so that a per-channel affine map of the features (the linear
+probe's standardization) folds into the head exactly, borders included. Older files with a 1x1x1
+head load too (the kernel size is read from the weights).
+"""
 
 from __future__ import annotations
 
@@ -15,10 +22,10 @@ class SegNet(nn.Module):
     GVSL model initializes it by name.
     """
 
-    def __init__(self, num_classes: int, width: int = 32, in_channels: int = 1) -> None:
+    def __init__(self, num_classes: int, width: int = 32, in_channels: int = 1, head_kernel: int = 3) -> None:
         super().__init__()
         self.unet = UNet3D(in_channels, width)
-        self.head = nn.Conv3d(width, num_classes, kernel_size=1)
+        self.head = nn.Conv3d(width, num_classes, kernel_size=head_kernel, padding=head_kernel // 2, padding_mode="replicate")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.unet(x)[1])
