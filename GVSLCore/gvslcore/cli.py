@@ -11,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+from collections.abc import Sequence
 
 from . import __version__
 from .errors import InputError
@@ -50,6 +51,23 @@ def add_training(parser: argparse.ArgumentParser, *, steps: int, patch: int, bat
     parser.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100)")
     parser.add_argument("--keep", type=int, default=3, help="checkpoints to keep (default 3)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+
+
+def add_nproc(parser: argparse.ArgumentParser, command: str) -> None:
+    """The ``--nproc N`` option of a training command."""
+    parser.add_argument("--nproc", type=int, default=1, metavar="N",
+                        help="train data-parallel in N processes on this machine (one per GPU; gloo on CPU) "
+                             "through torchrun; --batch is per process. For several machines run "
+                             f"`torchrun ... -m gvslcore {command} ...` yourself (default 1)")
+
+
+def parse_patch(values: Sequence[int]) -> tuple[int, int, int]:
+    """``--patch 96`` or ``--patch 64 96 96`` (z y x) -> a 3-tuple of sizes, each at least 8 (any size: the network pads)."""
+    if len(values) == 1:
+        values = [values[0]] * 3
+    if len(values) != 3 or min(values) < 8:
+        raise InputError(f"--patch {' '.join(map(str, values))}: give one size or three (z y x), each at least 8 voxels")
+    return (int(values[0]), int(values[1]), int(values[2]))
 
 
 def progress_mode(args: argparse.Namespace) -> str:

@@ -18,6 +18,7 @@ import torch
 
 from .atomic import atomic_path
 from .augment import AppearanceConfig, appearance_transform
+from .cli import parse_patch  # noqa: F401 - moved to the torch-free cli module
 from .errors import InputError
 from .io import guess_modality, list_images, normalize, read_image, resample_to_spacing
 
@@ -167,10 +168,3 @@ class StepSampler(torch.utils.data.Sampler):
         return max(0, self.total - self.start) * self.batch
 
 
-def parse_patch(values: Sequence[int]) -> tuple[int, int, int]:
-    """``--patch 96`` or ``--patch 64 96 96`` (z y x) -> a 3-tuple; each a multiple of... any size >= 8."""
-    if len(values) == 1:
-        values = [values[0]] * 3
-    if len(values) != 3 or min(values) < 8:
-        raise InputError(f"--patch {' '.join(map(str, values))}: give one size or three (z y x), each at least 8 voxels")
-    return (int(values[0]), int(values[1]), int(values[2]))

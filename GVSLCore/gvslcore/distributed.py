@@ -63,6 +63,7 @@ import torch
 import torch.distributed as dist
 
 from .bundle import latest_checkpoint, load_checkpoint
+from .cli import add_nproc  # noqa: F401 - moved to the torch-free cli module
 from .engine import EXIT_CODES, StopFlag, read_status, resolve_device
 from .errors import InputError
 
@@ -389,14 +390,6 @@ def strip_option(argv: Sequence[str], option: str, min_prefix: int = 4) -> list[
             continue
         out.append(token)
     return out
-
-
-def add_nproc(parser: argparse.ArgumentParser, command: str) -> None:
-    """The ``--nproc N`` option of a training command."""
-    parser.add_argument("--nproc", type=int, default=1, metavar="N",
-                        help="train data-parallel in N processes on this machine (one per GPU; gloo on CPU) "
-                             "through torchrun; --batch is per process. For several machines run "
-                             f"`torchrun ... -m gvslcore {command} ...` yourself (default 1)")
 
 
 def run_command(

@@ -57,3 +57,14 @@ def test_argument_errors_exit_2(argv):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
+
+
+def test_building_the_command_line_does_not_import_torch():
+    """`gvsl --help`, `gvsl models info` and argument errors answer at once (Slicer calls them from
+    its GUI): torch (seconds to import) loads only when a command needs it."""
+    import subprocess
+    import sys
+
+    code = "import sys; from gvslcore.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

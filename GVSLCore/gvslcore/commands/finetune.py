@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import add_common, add_training, progress_mode
-from ..data import parse_patch
-from ..distributed import add_nproc
+from ..cli import add_common, add_nproc, add_training, parse_patch, progress_mode
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

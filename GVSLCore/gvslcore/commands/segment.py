@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import parse_patch
+    from ..cli import parse_patch
     from ..events import Reporter, log
     from ..segment import InferenceSettings, segment_file
 
