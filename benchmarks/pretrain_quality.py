@@ -4,6 +4,10 @@
 - restoration: MSE of the appearance-transformed view and of the restoration head's output.
 
     python benchmarks/pretrain_quality.py --steps 600 --width 8 --patch 32 --cases 10
+
+or score a model pre-trained elsewhere (phantoms of --size voxels at 192/size mm, its own spacing):
+
+    python benchmarks/pretrain_quality.py --evaluate RUN/model.safetensors --size 64 --pairs 24
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ def run(steps: int, width: int, patch: int, cases: int, size: int, batch: int, l
     assert run_pretrain(cfg, progress="none") == 0
     seconds = time.monotonic() - t0
     held_out = [10_000 + i for i in range(4)]  # seeds never used for training
-    result = evaluate(out / "run" / "model.safetensors", held_out, size, patch)
+    result = evaluate(out / "run" / "model.safetensors", held_out, size, patch)  # 8 pairs
     last = [json.loads(line) for line in (out / "run" / "events.jsonl").read_text().splitlines() if '"loss"' in line][-1]
     result.update(
         steps=steps,
@@ -81,7 +85,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--evaluate", type=Path, default=None, help="only score this pre-trained model on held-out pairs")
+    parser.add_argument("--pairs", type=int, default=8, help="held-out pairs to score")
     a = parser.parse_args()
+    if a.evaluate:
+        r = evaluate(a.evaluate, [10_000 + i for i in range(6)], a.size, a.patch, pairs=a.pairs)
+        print(f"held-out phantom pairs ({a.pairs}, {a.size}^3 phantoms, {a.patch}^3 patches), model {a.evaluate}:")
+        print(f"  NCC loss         {r['ncc_unwarped']:.4f} unwarped -> {r['ncc_warped']:.4f} warped")
+        print(f"  restoration MSE  {r['mse_view']:.4f} transformed view -> {r['mse_restored']:.4f} restored")
+        return
     out = a.out or Path(tempfile.mkdtemp(prefix="gvsl_quality_"))
     r = run(a.steps, a.width, a.patch, a.cases, a.size, a.batch, a.lr, out)
     print(json.dumps(r, indent=2))

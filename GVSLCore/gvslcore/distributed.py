@@ -458,7 +458,7 @@ def launch(argv: Sequence[str], nproc: int, *, run_dir: str | os.PathLike | None
 
     Returns:
         The exit code: the run's own (0, 130, 143, from ``run_dir``/status.json when it says done
-        or cancelled), else torchrun's.
+        or cancelled; 2 when it failed on bad input), else torchrun's.
     """
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
@@ -497,6 +497,8 @@ def launch(argv: Sequence[str], nproc: int, *, run_dir: str | os.PathLike | None
     if status.get("status") == "done" and code != 0:
         logger.warning("torchrun exited with %d after the run finished", code)
         return 0
+    if status.get("status") == "failed" and status.get("bad_input"):
+        return 2  # rank 0 has printed the one line; the exit code says "bad input" as in one process
     if status.get("status") == "cancelled":
         return EXIT_CODES.get(signal.Signals(int(status.get("signal", signal.SIGINT))), 130)
     if forwarded:

@@ -144,7 +144,7 @@ class TrainingRun:
         if exc_type is SystemExit:
             return False
         message = str(exc) if exc_type is InputError else f"{exc_type.__name__}: {exc}"
-        self.write_status("failed", message=message)
+        self.write_status("failed", message=message, **({"bad_input": True} if exc_type is InputError else {}))
         if self.reporter is not None:
             self.reporter.error(message)
         self.logger.error("run failed: %s", message)
