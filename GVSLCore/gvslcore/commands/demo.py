@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", metavar="OUT", help="output folder (created)")
     p.add_argument("--cases", type=int, default=10, help="labeled phantom cases for fine-tuning (default 10)")
     p.add_argument("--pretrain-steps", type=int, default=150, help="GVSL pre-training steps (default 150)")
-    p.add_argument("--finetune-steps", type=int, default=300, help="fine-tuning steps (default 300)")
+    p.add_argument("--finetune-steps", type=int, default=800, help="fine-tuning steps (default 800)")
     p.add_argument("--width", type=int, default=8, help="U-Net width (default 8: CPU-sized)")
     p.add_argument("--size", type=int, default=48, help="phantom size in voxels at 3 mm (default 48)")
     p.add_argument("--cta", default=None, help="real CT to segment (default: ../shared/data/chest_cta/ct.nii.gz when present)")
