@@ -637,7 +637,37 @@ def _run_finetune(cfg: FinetuneConfig, progress: str, resume: bool, ctx: DistCon
                 "metadata": json.dumps(metadata(at)),
             })
 
+        def validate_now(at: int) -> bool:
+            """Validate the weights of step ``at``, keep the best, and say whether to stop early."""
+            # Rank 0 validates and tells the others, so that early stopping is decided once.
+            mean, per_label = validate(exported_net(), val_cases, values, cfg.patch, device) if ctx.is_main else (None, None)
+            mean, per_label = broadcast_object((mean, per_label), ctx)
+            if cfg.linear_probe:
+                net.unet.eval()
+            best["validations"] += 1
+            improved = mean > best["best_dice"]
+            if improved:
+                best.update(best_dice=mean, best_step=at, bad_validations=0)
+                if run.is_main:
+                    summary["best_per_label"] = {start.table.name_of(v): round(d, 4) for v, d in per_label.items()}
+                    save_model(best_path, export_state(), metadata(at))
+            else:
+                best["bad_validations"] += 1
+            run.reporter.progress(at, stage="validation",
+                                  validation={"dice": mean, "best_dice": best["best_dice"], "best_step": best["best_step"]})
+            logger.info("step %d validation dice %.4f (best %.4f at %d)", at, mean, best["best_dice"], best["best_step"])
+            if cfg.patience and best["bad_validations"] >= cfg.patience and at < cfg.steps:
+                log(f"early stopping at step {at}: no better validation Dice in {cfg.patience} validations")
+                return True
+            return False
+
+        if best.pop("pending_validation", None) == step and step > 0:
+            stopped_early = validate_now(step)
+            checkpoint(step)
+
         for images, labels in loader:
+            if stopped_early:  # decided by the pending validation of a resumed run
+                break
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
             for group in optimizer.param_groups:
@@ -668,27 +698,11 @@ def _run_finetune(cfg: FinetuneConfig, progress: str, resume: bool, ctx: DistCon
                 logger.info("step %d %s=%.4f", step, loss_name, means[loss_name])
                 summary["last_loss"] = means[loss_name]
                 sums, count = {}, 0
-            if val_cases and (step % cfg.val_every == 0 or step == cfg.steps) and not stopping:
-                # Rank 0 validates and tells the others, so that early stopping is decided once.
-                mean, per_label = validate(exported_net(), val_cases, values, cfg.patch, device) if ctx.is_main else (None, None)
-                mean, per_label = broadcast_object((mean, per_label), ctx)
-                if cfg.linear_probe:
-                    net.unet.eval()
-                best["validations"] += 1
-                improved = mean > best["best_dice"]
-                if improved:
-                    best.update(best_dice=mean, best_step=step, bad_validations=0)
-                    if run.is_main:
-                        summary["best_per_label"] = {start.table.name_of(v): round(d, 4) for v, d in per_label.items()}
-                        save_model(best_path, export_state(), metadata(step))
-                else:
-                    best["bad_validations"] += 1
-                run.reporter.progress(step, stage="validation",
-                                      validation={"dice": mean, "best_dice": best["best_dice"], "best_step": best["best_step"]})
-                logger.info("step %d validation dice %.4f (best %.4f at %d)", step, mean, best["best_dice"], best["best_step"])
-                if cfg.patience and best["bad_validations"] >= cfg.patience and step < cfg.steps:
-                    stopped_early = True
-                    log(f"early stopping at step {step}: no better validation Dice in {cfg.patience} validations")
+            due = bool(val_cases) and (step % cfg.val_every == 0 or step == cfg.steps)
+            if due and stopping:
+                best["pending_validation"] = step  # validated first thing on --resume, as a straight run would
+            elif due:
+                stopped_early = validate_now(step)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps or stopping or stopped_early:
                 checkpoint(step)
             if stopping or stopped_early:

@@ -188,3 +188,32 @@ def test_probe_standardization_folds_into_the_head_exactly_at_the_borders():
         folded = SegNet(3, width=4)
         folded.load_state_dict(fold_standardization(net.state_dict(), mean, std))
         torch.testing.assert_close(folded(x), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_cancel_on_a_validation_step_resumes_like_a_straight_run(tmp_path, small_set, monkeypatch):
+    """A cancel that lands on a validation step skips that validation (the user is waiting); the
+    resumed run must do it first, or its best-by-validation model differs from a straight run's."""
+    import gvslcore.finetune as finetune
+
+    straight, split = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    common = ("--from-scratch", "--steps", "8", "--checkpoint-every", "100", "--val-every", "4")
+    assert main(tiny_args(small_set, straight, *common)) == 0
+    poll, calls = finetune.StopAgreement.poll, []
+
+    def sigterm_at_step_4(self):
+        calls.append(1)
+        if len(calls) == 4:
+            self.flag.signum = signal.SIGTERM
+        return poll(self)
+
+    with monkeypatch.context() as m:
+        m.setattr(finetune.StopAgreement, "poll", sigterm_at_step_4)
+        assert main(tiny_args(small_set, split, *common)) == 143
+    status = json.loads((tmp_path / "b_run" / "status.json").read_text())
+    assert status["status"] == "cancelled" and status["step"] == 4 and not split.exists()
+    assert main(tiny_args(small_set, split, *common, "--resume")) == 0
+    a, meta_a = resolve_model(straight)
+    b, meta_b = resolve_model(split)
+    assert meta_a["provenance"]["best_step"] == meta_b["provenance"]["best_step"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
