@@ -124,3 +124,16 @@ def test_feature_moments_locate_and_shape_a_blob():
     assert abs(float(m[0, 6])) < 1e-3  # no z-y correlation in an axis-aligned ellipsoid
     shifted = torch.roll(features, shifts=4, dims=4)  # 4 voxels along x = 4 * 2 / 40 in [-1, 1]
     torch.testing.assert_close(feature_moments(shifted)[0, 2] - m[0, 2], torch.tensor(0.2), atol=1e-3, rtol=0)
+
+
+def test_training_after_inference_in_the_same_process():
+    """The affine head caches its moment coordinates per grid; a cache first filled under
+    inference_mode (gvsl register, segment) must not break a later training step (Slicer keeps
+    one Python process)."""
+    torch.manual_seed(0)
+    model = GVSLNet(width=4)
+    fixed, moving = torch.rand(2, 1, 16, 24, 32), torch.rand(2, 1, 16, 24, 32)
+    with torch.inference_mode():
+        model(fixed, moving)
+    model(fixed, moving).warped.mean().backward()
+    assert model.f_moments[0].weight.grad.abs().sum() > 0

@@ -29,6 +29,7 @@ or scale turns or stretches the second moments. They enter the same four linear 
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -102,16 +103,27 @@ def feature_moments(features: torch.Tensor) -> torch.Tensor:
         return _moments(nn.functional.softplus(features.float()))
 
 
+_PAIRS = ((0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2))
+
+
+@functools.lru_cache(maxsize=8)
+def _moment_basis(shape: tuple[int, int, int], device: torch.device) -> torch.Tensor:
+    """(9, N) coordinates z, y, x in [-1, 1] and their six products, built once per grid (every step
+    of a training run sees the same patch shape). Built outside inference mode, so that a basis first
+    made during inference can still be saved for backward by a later training step."""
+    with torch.inference_mode(False), torch.no_grad():
+        axes = [torch.linspace(-1.0, 1.0, n, device=device) for n in shape]
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij")).flatten(1)
+        return torch.cat([grid, torch.stack([grid[i] * grid[j] for i, j in _PAIRS])])
+
+
 def _moments(mass: torch.Tensor) -> torch.Tensor:
     b, c = mass.shape[:2]
-    axes = [torch.linspace(-1.0, 1.0, n, device=mass.device) for n in mass.shape[2:]]
-    grid = torch.stack(torch.meshgrid(*axes, indexing="ij")).flatten(1)  # (3, N)
-    pairs = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]
-    products = torch.stack([grid[i] * grid[j] for i, j in pairs])  # (6, N)
     m = mass.flatten(2)  # (B, C, N)
     total = m.sum(-1, keepdim=True) + 1e-6
-    centroid = (m @ grid.T) / total  # (B, C, 3)
-    second = (m @ products.T) / total - torch.stack([centroid[..., i] * centroid[..., j] for i, j in pairs], dim=-1)
+    raw = (m @ _moment_basis(tuple(mass.shape[2:]), mass.device).T) / total  # (B, C, 9)
+    centroid = raw[..., :3]
+    second = raw[..., 3:] - torch.stack([centroid[..., i] * centroid[..., j] for i, j in _PAIRS], dim=-1)
     log_mass = torch.log(total / m.shape[-1])
     return torch.cat([centroid, second, log_mass], dim=-1).reshape(b, 10 * c)
 
