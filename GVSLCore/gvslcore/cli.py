@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
 from .errors import InputError
@@ -51,6 +52,16 @@ def add_training(parser: argparse.ArgumentParser, *, steps: int, patch: int, bat
     parser.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints (default 100)")
     parser.add_argument("--keep", type=int, default=3, help="checkpoints to keep (default 3)")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+
+
+def training_options(args: argparse.Namespace) -> dict[str, Any]:
+    """What :func:`add_training` (plus ``--device``, ``--log-every``, ``--no-bf16``) put in ``args``,
+    as keyword arguments shared by ``PretrainConfig`` and ``FinetuneConfig``."""
+    return {
+        "steps": args.steps, "patch": parse_patch(args.patch), "batch": args.batch, "width": args.width,
+        "lr": args.lr, "seed": args.seed, "checkpoint_every": args.checkpoint_every, "keep": args.keep,
+        "log_every": args.log_every, "workers": args.workers, "device": args.device, "bf16": not args.no_bf16,
+    }
 
 
 def add_nproc(parser: argparse.ArgumentParser, command: str) -> None:

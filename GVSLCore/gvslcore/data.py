@@ -18,7 +18,6 @@ import torch
 
 from .atomic import atomic_path
 from .augment import AppearanceConfig, appearance_transform
-from .cli import parse_patch  # noqa: F401 - moved to the torch-free cli module
 from .errors import InputError
 from .io import guess_modality, list_images, normalize, read_image, resample_to_spacing
 

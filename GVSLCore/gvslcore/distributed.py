@@ -32,7 +32,7 @@ What a training loop calls (``pretrain.py`` is the worked example; ``finetune.py
     finally:
         shutdown(ctx)
 
-A command module adds ``add_nproc(parser, "finetune")`` and ends ``run(args)`` with
+A command module adds ``cli.add_nproc(parser, "finetune")`` and ends ``run(args)`` with
 ``run_command(args, lambda progress: run_x(cfg, progress, resume=args.resume), progress=...,
 device=cfg.device, run_dir=RUN)``: ``--nproc N`` then re-launches the same command line under
 torchrun and forwards SIGINT/SIGTERM to it.
@@ -63,7 +63,6 @@ import torch
 import torch.distributed as dist
 
 from .bundle import latest_checkpoint, load_checkpoint
-from .cli import add_nproc  # noqa: F401 - moved to the torch-free cli module
 from .engine import EXIT_CODES, StopFlag, read_status, resolve_device
 from .errors import InputError
 

@@ -413,8 +413,7 @@ def model_start(cfg: FinetuneConfig) -> ModelStart:
 def build_network(start: ModelStart, device: torch.device):
     from .nets import SegNet
 
-    head = (start.full_state or {}).get("head.weight")
-    net = SegNet(start.table.num_classes, start.width, head_kernel=int(head.shape[-1]) if head is not None else 3)
+    net = SegNet(start.table.num_classes, start.width, head_kernel=SegNet.head_kernel_of(start.full_state))
     if start.full_state is not None:
         try:
             net.load_state_dict(start.full_state, strict=True)

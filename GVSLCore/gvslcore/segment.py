@@ -114,9 +114,7 @@ def load_segmenter(model: str | os.PathLike, device: str | torch.device = "cpu")
     state, meta = resolve_model(path)
     check_segmentation_metadata(meta, str(path))
     arch = meta["architecture"]
-    head = state.get("head.weight")
-    head_kernel = int(head.shape[-1]) if head is not None and head.ndim == 5 else 3
-    net = SegNet(int(arch["num_classes"]), int(arch["width"]), int(arch.get("in_channels", 1)), head_kernel)
+    net = SegNet(int(arch["num_classes"]), int(arch["width"]), int(arch.get("in_channels", 1)), SegNet.head_kernel_of(state))
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -4,10 +4,7 @@ CI-sized accuracy check (held-out phantom Dice >= 0.85 from the GVSL-pretrained 
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,6 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from gvslproc import start_gvsl
 
 from gvslcore.bundle import default_metadata, read_metadata, resolve_model, save_model
 from gvslcore.cli import main
@@ -57,17 +55,11 @@ def test_model_file_has_labels_provenance_and_training(tmp_path, small_set):
     assert any(e.get("stage") == "validation" for e in events) and events[-1]["event"] == "done"
 
 
-def _start(argv: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "gvslcore", *argv], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
 def test_sigterm_then_resume_matches_a_straight_run(tmp_path, small_set):
     straight, split = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
     common = ("--from-scratch", "--steps", "12", "--checkpoint-every", "2", "--val-every", "4")
     assert main(tiny_args(small_set, straight, *common)) == 0
-    proc = _start(tiny_args(small_set, split, *common))
+    proc = start_gvsl(tiny_args(small_set, split, *common))
     ckpts = tmp_path / "b_run" / "checkpoints"
     t0 = time.monotonic()
     while not list(ckpts.glob("step_*.pt")) and proc.poll() is None:

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from gvslproc import start_gvsl
 
 from gvslcore.bundle import resolve_model
 from gvslcore.cli import main
@@ -73,16 +71,10 @@ def _wait_for(predicate, timeout: float = 120.0) -> None:
         time.sleep(0.1)
 
 
-def _start(argv: list[str]) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "gvslcore", *argv], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
 def test_sigkill_then_resume_continues_step_count_and_loss_curve(tmp_path, volume_dir):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     assert main(args(volume_dir, reference, 16, "--checkpoint-every", "4")) == 0
-    proc = _start(args(volume_dir, killed, 16, "--checkpoint-every", "4"))
+    proc = start_gvsl(args(volume_dir, killed, 16, "--checkpoint-every", "4"))
     _wait_for(lambda: len(list((killed / "checkpoints").glob("step_*.pt"))) >= 2 or proc.poll() is not None)
     proc.kill()
     proc.wait()
@@ -100,7 +92,7 @@ def test_sigkill_then_resume_continues_step_count_and_loss_curve(tmp_path, volum
 
 def test_sigterm_leaves_a_clean_checkpoint_and_status_cancelled(tmp_path, volume_dir):
     run = tmp_path / "run"
-    proc = _start(args(volume_dir, run, 100000, "--checkpoint-every", "1000"))
+    proc = start_gvsl(args(volume_dir, run, 100000, "--checkpoint-every", "1000"))
     _wait_for(lambda: (run / "events.jsonl").exists() and '"progress"' in (run / "events.jsonl").read_text().replace("stage", ""))
     _wait_for(lambda: any(json.loads(x).get("loss") for x in (run / "events.jsonl").read_text().splitlines()))
     proc.send_signal(signal.SIGTERM)

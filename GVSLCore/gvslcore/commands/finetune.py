@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import add_common, add_nproc, add_training, parse_patch, progress_mode
+from ..cli import add_common, add_nproc, add_training, progress_mode, training_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -58,12 +58,6 @@ def run(args: argparse.Namespace) -> int:
         init=args.init,
         linear_probe=args.linear_probe,
         from_scratch=args.from_scratch,
-        steps=args.steps,
-        patch=parse_patch(args.patch),
-        batch=args.batch,
-        width=args.width,
-        lr=args.lr,
-        seed=args.seed,
         spacing=tuple(args.spacing) if args.spacing else None,
         modality=args.modality,
         label_table=read_label_table_json(args.label_table) if args.label_table else None,
@@ -73,12 +67,7 @@ def run(args: argparse.Namespace) -> int:
         patience=args.patience,
         foreground=args.foreground,
         augment=not args.no_augment,
-        checkpoint_every=args.checkpoint_every,
-        keep=args.keep,
-        log_every=args.log_every,
-        workers=args.workers,
-        device=args.device,
-        bf16=not args.no_bf16,
+        **training_options(args),
     )
     return run_command(args, lambda progress: run_finetune(cfg, progress, resume=args.resume),
                        progress=progress_mode(args), device=cfg.device, run_dir=cfg.run_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import add_common, add_nproc, add_training, parse_patch, progress_mode
+from ..cli import add_common, add_nproc, add_training, progress_mode, training_options
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,25 +43,14 @@ def run(args: argparse.Namespace) -> int:
     cfg = PretrainConfig(
         data=[str(d) for d in args.data],
         out=str(args.out),
-        steps=args.steps,
-        patch=parse_patch(args.patch),
-        batch=args.batch,
-        width=args.width,
-        lr=args.lr,
-        seed=args.seed,
         spacing=tuple(args.spacing),
         modality=args.modality,
         ncc_weight=args.ncc_weight,
         smooth_weight=args.smooth_weight,
         mse_weight=args.mse_weight,
-        checkpoint_every=args.checkpoint_every,
-        keep=args.keep,
-        log_every=args.log_every,
-        workers=args.workers,
-        device=args.device,
-        bf16=not args.no_bf16,
         compile=args.compile,
         channels_last=args.channels_last,
+        **training_options(args),
     )
     return run_command(
         args,

@@ -9,6 +9,8 @@ head load too (the kernel size is read from the weights).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn as nn
 
@@ -26,6 +28,12 @@ class SegNet(nn.Module):
         super().__init__()
         self.unet = UNet3D(in_channels, width)
         self.head = nn.Conv3d(width, num_classes, kernel_size=head_kernel, padding=head_kernel // 2, padding_mode="replicate")
+
+    @staticmethod
+    def head_kernel_of(state: Mapping[str, torch.Tensor] | None) -> int:
+        """The head's kernel size in a saved state dict (3, or 1 in older files); 3 when there is none."""
+        weight = (state or {}).get("head.weight")
+        return int(weight.shape[-1]) if weight is not None and weight.ndim == 5 else 3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.unet(x)[1])
