@@ -3,8 +3,10 @@
 GVSL pre-training on unlabeled phantoms, then four segmentation models trained identically on the
 same labeled phantoms and scored on held-out phantoms:
 
-    linear probe  (frozen backbone, one 3x3x3 conv head): GVSL-pretrained  vs  random backbone
-    fine-tune     (all weights):                       GVSL-pretrained  vs  from scratch
+    linear probe  (frozen backbone, one linear head):  GVSL-pretrained  vs  random backbone
+                  for each --readouts: 'hypercolumn' (1x1x1 over all nine blocks, the probe's default)
+                  and 'last' (3x3x3 over the last decoder map, the authors' out_conv)
+    fine-tune     (all weights):                      GVSL-pretrained  vs  from scratch
 
 Prints a table of mean and per-label Dice (and writes --json). CPU-sized by default; give more
 steps for the longer run. Example:
@@ -58,12 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe-steps", type=int, default=300, help="linear-probe steps (both backbones)")
     p.add_argument("--finetune-steps", type=int, default=600, help="fine-tune / scratch steps (0: skip)")
     p.add_argument("--width", type=int, default=8)
-    p.add_argument("--patch", type=int, default=32)
+    p.add_argument("--patch", type=int, default=32, help="fine-tune patch (voxels per side)")
+    p.add_argument("--probe-patch", type=int, help="linear-probe patch and window (default: --size, the whole phantom: "
+                                                  "a frozen backbone's features depend on the context it sees)")
     p.add_argument("--size", type=int, default=48)
     p.add_argument("--spacing", type=float, default=3.0)
     p.add_argument("--train-cases", type=int, default=10)
     p.add_argument("--test-cases", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--readouts", default="hypercolumn,last", help="probe read-outs to compare (comma-separated)")
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
 
@@ -92,11 +97,15 @@ def main(argv: list[str] | None = None) -> int:
                 return code
             timings["pretrain_s"] = round(time.monotonic() - t, 1)
 
-    variants = [
-        ("linear probe, GVSL backbone", {"pretrained": str(pretrained), "linear_probe": True}, args.probe_steps),
-        ("linear probe, random backbone", {"from_scratch": True, "linear_probe": True, "width": args.width, "spacing": sp},
-         args.probe_steps),
-    ]
+    readouts = [r.strip() for r in args.readouts.split(",") if r.strip()]
+    variants = []
+    for readout in readouts:
+        variants += [
+            (f"probe {readout}, GVSL backbone", {"pretrained": str(pretrained), "linear_probe": True, "readout": readout},
+             args.probe_steps),
+            (f"probe {readout}, random backbone", {"from_scratch": True, "linear_probe": True, "readout": readout,
+                                                   "width": args.width, "spacing": sp}, args.probe_steps),
+        ]
     if args.finetune_steps:
         variants += [
             ("fine-tune, GVSL backbone", {"pretrained": str(pretrained)}, args.finetune_steps),
@@ -109,8 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         if not model.exists():
             t = time.monotonic()
             lr = 1e-2 if kwargs.get("linear_probe") else 3e-3
+            patch = (args.probe_patch or args.size) if kwargs.get("linear_probe") else args.patch
             cfg = FinetuneConfig(images=str(train / "images"), labels=str(train / "labels"), out=str(model),
-                                 steps=steps, patch=(args.patch,) * 3, batch=2, lr=lr, seed=args.seed, val_cases=2,
+                                 steps=steps, patch=(patch,) * 3, batch=2, lr=lr, seed=args.seed, val_cases=2,
                                  val_every=max(50, steps // 4), patience=0, checkpoint_every=steps, device="cpu", **kwargs)
             run_dir = cfg.run_dir
             code = run_finetune(cfg, progress="none", resume=(run_dir / "config.json").exists())
@@ -121,20 +131,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:32s} held-out mean Dice {results[name]['mean_dice']:.3f}", file=sys.stderr, flush=True)
 
     print(f"\nHeld-out phantoms: {args.test_cases} cases, {args.size}^3 at {args.spacing} mm; width {args.width}, "
-          f"patch {args.patch}; pre-training {args.pretrain_steps if args.pretrained is None else 'given'} steps, "
+          f"patch {args.patch} (probe {args.probe_patch or args.size}); "
+          f"pre-training {args.pretrain_steps if args.pretrained is None else 'given'} steps, "
           f"probe {args.probe_steps} steps, fine-tune {args.finetune_steps} steps; threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
     labels = list(next(iter(results.values()))["per_label"])
     header = f"{'':32s} {'mean':>6s} " + " ".join(f"{n[:10]:>10s}" for n in labels)
     print(header)
     for name, r in results.items():
         print(f"{name:32s} {r['mean_dice']:6.3f} " + " ".join(f"{r['per_label'].get(n, float('nan')):10.3f}" for n in labels))
-    lp_margin = results["linear probe, GVSL backbone"]["mean_dice"] - results["linear probe, random backbone"]["mean_dice"]
-    print(f"\nlinear-probe margin (GVSL - random): {100 * lp_margin:+.1f} Dice points")
-    summary = {"results": results, "linear_probe_margin": lp_margin, "timings_s": timings,
+    print()
+    margins = {}
+    for readout in readouts:
+        margins[readout] = (results[f"probe {readout}, GVSL backbone"]["mean_dice"]
+                            - results[f"probe {readout}, random backbone"]["mean_dice"])
+        print(f"linear-probe margin, {readout:11s} (GVSL - random): {100 * margins[readout]:+.1f} Dice points")
+    summary = {"results": results, "linear_probe_margin": margins, "timings_s": timings,
                "args": {k: str(v) for k, v in vars(args).items()}}
     if args.finetune_steps:
         ft_margin = results["fine-tune, GVSL backbone"]["mean_dice"] - results["fine-tune, from scratch"]["mean_dice"]
-        print(f"fine-tune margin (GVSL - scratch):   {100 * ft_margin:+.1f} Dice points")
+        print(f"fine-tune margin (GVSL - scratch):               {100 * ft_margin:+.1f} Dice points")
         summary["finetune_margin"] = ft_margin
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))

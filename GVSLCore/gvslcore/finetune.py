@@ -71,6 +71,7 @@ class FinetuneConfig:
     init: str | None = None
     linear_probe: bool = False
     from_scratch: bool = False
+    readout: str | None = None  # 'last' or 'hypercolumn'; None: hypercolumn for a linear probe, else last
     steps: int = 2000
     patch: tuple[int, int, int] = (96, 96, 96)
     batch: int = 2
@@ -105,6 +106,11 @@ class FinetuneConfig:
     def mode(self) -> str:
         base = "scratch" if self.from_scratch else "pretrained"
         return f"{base}-linear-probe" if self.linear_probe else f"{base}-finetune"
+
+    @property
+    def head_readout(self) -> str:
+        """What the new head reads (see :class:`gvslcore.nets.SegNet`)."""
+        return self.readout or ("hypercolumn" if self.linear_probe else "last")
 
     def learning_rate(self) -> float:
         if self.lr is not None:
@@ -377,6 +383,12 @@ def model_start(cfg: FinetuneConfig) -> ModelStart:
             raise InputError(f"--init {path} is a {meta.get('task')} model; --init continues a fine-tuned "
                              "segmentation model (use --pretrained for a backbone)")
         _check_model_meta(meta, str(path), cfg.modality)
+        from .nets import SegNet
+
+        file_readout = SegNet.head_options(state)["readout"]
+        if cfg.readout and cfg.readout != file_readout:
+            raise InputError(f"--readout {cfg.readout} differs from {path}'s '{file_readout}' head; drop --readout "
+                             "when continuing a model (or start from --pretrained)")
         table = LabelTable.from_list(meta.get("labels") or []) if meta.get("labels") else HEART_LABELS
         if given_table is not None and given_table.values != table.values:
             raise InputError(f"--label-table has values {given_table.values} but {path} predicts {table.values}; "
@@ -410,10 +422,12 @@ def model_start(cfg: FinetuneConfig) -> ModelStart:
     )
 
 
-def build_network(start: ModelStart, device: torch.device):
+def build_network(start: ModelStart, device: torch.device, readout: str = "last"):
+    """The SegNet to train: ``--init`` weights (their own head), or a backbone plus a new ``readout`` head."""
     from .nets import SegNet
 
-    net = SegNet(start.table.num_classes, start.width, head_kernel=SegNet.head_kernel_of(start.full_state))
+    head = SegNet.head_options(start.full_state) if start.full_state is not None else {"readout": readout}
+    net = SegNet(start.table.num_classes, start.width, **head)  # type: ignore[arg-type]
     if start.full_state is not None:
         try:
             net.load_state_dict(start.full_state, strict=True)
@@ -427,9 +441,11 @@ def build_network(start: ModelStart, device: torch.device):
     return net.to(device)
 
 
-def model_metadata(cfg: FinetuneConfig, start: ModelStart, step: int, summary: dict[str, Any]) -> dict[str, Any]:
+def model_metadata(cfg: FinetuneConfig, start: ModelStart, step: int, summary: dict[str, Any],
+                   readout: str = "last") -> dict[str, Any]:
     meta = default_metadata("segmentation", start.width)
     meta["architecture"]["num_classes"] = start.table.num_classes
+    meta["architecture"]["readout"] = readout
     meta["preprocessing"].update({"modality": start.modality, "spacing": [float(s) for s in start.spacing]})
     meta["labels"] = start.table.to_list()
     meta["inference"] = {"window": list(cfg.patch), "overlap": 0.5}
@@ -458,24 +474,50 @@ def model_metadata(cfg: FinetuneConfig, start: ModelStart, step: int, summary: d
 
 # -- linear probe -----------------------------------------------------------------------------------
 
+Statistics = list[tuple[torch.Tensor, torch.Tensor]]
+
+
 @torch.no_grad()
 def feature_statistics(net: torch.nn.Module, dataset: SegPatchDataset, device: torch.device, patches: int = 8,
-                       batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and std (C,) of the frozen local features over ``patches`` training patches
-    (sample indices of their own, so the training samples are unchanged)."""
-    feats = []
+                       batch: int = 2) -> Statistics:
+    """Per-channel mean and std (C_i,) of each frozen map the head reads (``net.head_inputs``) over
+    ``patches`` training patches (sample indices of their own, so the training samples are unchanged)."""
+    sums: list[list[torch.Tensor]] = []
     for i in range(0, patches, batch):
         x = torch.stack([dataset[2**40 + i + k][0] for k in range(min(batch, patches - i))]).to(device)
-        feats.append(net.unet(x)[1].float().transpose(0, 1).reshape(net.unet.width, -1))
-    f = torch.cat(feats, dim=1)
-    return f.mean(1), f.std(1).clamp_min(1e-6)
+        for j, f in enumerate(net.head_inputs(x)):
+            flat = f.float().transpose(0, 1).reshape(f.shape[1], -1)
+            if len(sums) <= j:
+                sums.append([])
+            sums[j].append(flat)
+    stats = []
+    for parts in sums:
+        f = torch.cat(parts, dim=1)
+        stats.append((f.mean(1), f.std(1).clamp_min(1e-6)))
+    return stats
 
 
-def fold_standardization(state: dict[str, torch.Tensor], mean: torch.Tensor, std: torch.Tensor) -> dict[str, torch.Tensor]:
+def standardize(inputs: list[torch.Tensor], stats: Statistics) -> list[torch.Tensor]:
+    """``(f - mean) / std`` per channel of each map."""
+    return [(f.float() - m.view(1, -1, 1, 1, 1)) / s.view(1, -1, 1, 1, 1) for f, (m, s) in zip(inputs, stats)]
+
+
+def fold_standardization(state: dict[str, torch.Tensor], stats: Statistics) -> dict[str, torch.Tensor]:
     """A state dict whose head acts on raw features like the trained head on standardized ones:
-    ``W * ((f - m) / s) + b = (W / s) * f + (b - sum_k (W / s) m)`` (exact with the head's
-    replicate padding, since a per-channel affine map commutes with replication)."""
+    ``W * ((f - m) / s) + b = (W / s) * f + (b - sum_k (W / s) m)``. Exact for the 3x3x3 head
+    (replicate padding commutes with a per-channel affine map) and for the hypercolumn head (trilinear
+    upsampling keeps constants: its weights sum to one)."""
     out = dict(state)
+    if "head.projections.0.weight" in state:
+        bias = state["head.bias"].clone()
+        for i, (mean, std) in enumerate(stats):
+            key = f"head.projections.{i}.weight"
+            w = state[key] / std.to(state[key]).view(1, -1, 1, 1, 1)
+            out[key] = w
+            bias = bias - (w * mean.to(w).view(1, -1, 1, 1, 1)).sum(dim=(1, 2, 3, 4))
+        out["head.bias"] = bias
+        return out
+    (mean, std), = stats
     w = state["head.weight"] / std.to(state["head.weight"]).view(1, -1, 1, 1, 1)
     out["head.weight"] = w
     out["head.bias"] = state["head.bias"] - (w * mean.to(w).view(1, -1, 1, 1, 1)).sum(dim=(1, 2, 3, 4))
@@ -505,7 +547,7 @@ def validate(net: torch.nn.Module, cases: list[Case], values: list[int], window:
     predictor = WindowPredictor(net, device, batch=4 if device.type == "cuda" else 2)
     per_case, per_label = [], {v: [] for v in values}
     for case in cases:
-        pred = sliding_window_labels(case.image, predictor, net.head.out_channels, window, overlap)
+        pred = sliding_window_labels(case.image, predictor, net.num_classes, window, overlap)
         scores = []
         for v in values:
             if (case.labels == v).any():
@@ -557,7 +599,7 @@ def _run_finetune(cfg: FinetuneConfig, progress: str, resume: bool, ctx: DistCon
                    "validation_cases": [c.name for c in val_cases]})
     run_dir = cfg.run_dir
     with TrainingRun(run_dir, "finetune", config, cfg.steps, resume=resume, progress=progress, keep=cfg.keep) as run:
-        net = build_network(start, device)
+        net = build_network(start, device, cfg.head_readout)
         if cfg.linear_probe:
             net.unet.requires_grad_(False)
             params = list(net.head.parameters())
@@ -575,7 +617,7 @@ def _run_finetune(cfg: FinetuneConfig, progress: str, resume: bool, ctx: DistCon
         # The standardization is folded into the saved head, so the model is a plain SegNet.
         if cfg.linear_probe:
             net.eval()
-            f_mean, f_std = feature_statistics(net, dataset, device)
+            f_stats = feature_statistics(net, dataset, device)
             ce_weights = class_weights(train_cases, start.table.num_classes).to(device)
         state = load_latest_together(run, ctx)
         step = 0
@@ -611,7 +653,7 @@ def _run_finetune(cfg: FinetuneConfig, progress: str, resume: bool, ctx: DistCon
         def export_state() -> dict[str, torch.Tensor]:
             """The weights as a plain SegNet (the probe's standardization folded into the head)."""
             if cfg.linear_probe:
-                return fold_standardization(net.state_dict(), f_mean, f_std)
+                return fold_standardization(net.state_dict(), f_stats)
             return net.state_dict()
 
         def exported_net() -> torch.nn.Module:
@@ -625,7 +667,7 @@ def _run_finetune(cfg: FinetuneConfig, progress: str, resume: bool, ctx: DistCon
 
         def metadata(at: int) -> dict[str, Any]:
             return model_metadata(cfg, start, at, {**summary, "best_dice": best["best_dice"] if val_cases else None,
-                                                   "best_step": best["best_step"] if val_cases else None})
+                                                   "best_step": best["best_step"] if val_cases else None}, net.readout)
 
         def checkpoint(at: int) -> None:
             run.save_checkpoint(at, {
@@ -674,8 +716,8 @@ def _run_finetune(cfg: FinetuneConfig, progress: str, resume: bool, ctx: DistCon
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 if cfg.linear_probe:
                     with torch.no_grad():
-                        features = (net.unet(images)[1].float() - f_mean.view(1, -1, 1, 1, 1)) / f_std.view(1, -1, 1, 1, 1)
-                    logits = model(features)
+                        features = standardize(net.head_inputs(images), f_stats)
+                    logits = net.read_out(model(features), images.shape[2:])
                 else:
                     logits = model(images)
             if cfg.linear_probe:
@@ -721,7 +763,7 @@ def _run_finetune(cfg: FinetuneConfig, progress: str, resume: bool, ctx: DistCon
                 weights, chosen_step = export_state(), step
             meta = model_metadata(cfg, start, chosen_step, {
                 **summary, "best_dice": best["best_dice"] if val_cases else None,
-                "best_step": best["best_step"] if val_cases else None})
+                "best_step": best["best_step"] if val_cases else None}, net.readout)
             model_path = save_model(cfg.out, weights, meta)
             run.reporter.artifact("model", model_path)
             outputs.update(model=str(model_path), best_validation_dice=best["best_dice"] if val_cases else None,

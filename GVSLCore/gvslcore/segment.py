@@ -114,7 +114,8 @@ def load_segmenter(model: str | os.PathLike, device: str | torch.device = "cpu")
     state, meta = resolve_model(path)
     check_segmentation_metadata(meta, str(path))
     arch = meta["architecture"]
-    net = SegNet(int(arch["num_classes"]), int(arch["width"]), int(arch.get("in_channels", 1)), SegNet.head_kernel_of(state))
+    net = SegNet(int(arch["num_classes"]), int(arch["width"]), int(arch.get("in_channels", 1)),
+                 **SegNet.head_options(state))  # type: ignore[arg-type]
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -41,7 +41,8 @@ def test_model_file_has_labels_provenance_and_training(tmp_path, small_set):
     assert main(tiny_args(small_set, out, "--from-scratch", "--steps", "6")) == 0
     meta = read_metadata(out)
     assert meta["task"] == "segmentation"
-    assert meta["architecture"] == {"name": "SegNet", "width": 4, "in_channels": 1, "num_classes": 8}
+    assert meta["architecture"] == {"name": "SegNet", "width": 4, "in_channels": 1, "num_classes": 8,
+                                    "readout": "last"}
     assert meta["preprocessing"]["spacing"] == [6.0, 6.0, 6.0] and meta["preprocessing"]["modality"] == "CT"
     assert meta["labels"] == json.loads(json.dumps(HEART_LABELS.to_list()))
     assert meta["labels"][0]["type"]["value"] == "87878005"
@@ -89,6 +90,48 @@ def test_incremental_init_continues_a_model(tmp_path, small_set):
                  "--val-cases", "1", "--progress", "none"]) == 0
     meta = read_metadata(second)
     assert meta["provenance"]["init"] == str(first) and meta["architecture"]["width"] == 4
+
+
+def test_linear_probe_keeps_the_backbone_and_segments_on_the_input_grid(tmp_path, small_set, capsys):
+    """--linear-probe trains the hypercolumn head alone: the saved backbone equals the pre-trained one
+    bit for bit, the file loads in gvsl segment, and the labels come back on the input's exact grid
+    (non-identity direction, anisotropic spacing, non-cubic size). Continuing it with another
+    --readout is refused with one line."""
+    from safetensors.torch import load_file
+
+    run = tmp_path / "pre"
+    assert main(["pretrain", "--data", str(small_set / "images"), "--out", str(run), "--steps", "2", "--patch", "16",
+                 "--width", "4", "--spacing", "6", "6", "6", "--batch", "1", "--progress", "none"]) == 0
+    probe = tmp_path / "probe.safetensors"
+    assert main(["finetune", "--pretrained", str(run / "model.safetensors"), "--linear-probe", "--images",
+                 str(small_set / "images"), "--labels", str(small_set / "labels"), "--out", str(probe), "--steps", "4",
+                 "--patch", "16", "--batch", "1", "--val-cases", "1", "--val-every", "2", "--progress", "none"]) == 0
+    meta = read_metadata(probe)
+    assert meta["architecture"]["readout"] == "hypercolumn" and meta["training"]["mode"] == "pretrained-linear-probe"
+    pre, probed = load_file(str(run / "model.safetensors")), load_file(str(probe))
+    backbone = [k for k in probed if k.startswith("unet.")]
+    assert backbone and all(torch.equal(probed[k], pre[k]) for k in backbone)
+    assert "head.projections.8.weight" in probed
+
+    image = sitk.ReadImage(str(next((small_set / "images").glob("*.nii.gz"))))
+    image = sitk.Resample(image, [30, 26, 21], sitk.Transform(), sitk.sitkLinear, (-40.0, -30.0, -35.0),
+                          (5.0, 6.5, 7.0), (0.0, 1.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 1.0), -1024.0)
+    src, out = tmp_path / "in.nrrd", tmp_path / "out.nii.gz"
+    sitk.WriteImage(image, str(src))
+    assert main(["segment", str(src), str(out), "--model", str(probe), "--progress", "none"]) == 0
+    labels = sitk.ReadImage(str(out))
+    assert labels.GetSize() == image.GetSize()
+    np.testing.assert_allclose(labels.GetSpacing(), image.GetSpacing())
+    np.testing.assert_allclose(labels.GetOrigin(), image.GetOrigin())
+    np.testing.assert_allclose(labels.GetDirection(), image.GetDirection())
+
+    capsys.readouterr()
+    code = main(["finetune", "--init", str(probe), "--readout", "last", "--images", str(small_set / "images"),
+                 "--labels", str(small_set / "labels"), "--out", str(tmp_path / "x.safetensors"), "--steps", "2",
+                 "--patch", "16", "--progress", "none"])
+    assert code == 2
+    assert "--readout last differs" in _one_line(capsys)
+    assert not (tmp_path / "x.safetensors").exists()
 
 
 def _one_line(capsys) -> str:
@@ -166,19 +209,51 @@ def test_probe_standardization_folds_into_the_head_exactly_at_the_borders():
     """The linear probe trains its 3x3x3 head on standardized features and saves a plain SegNet:
     the folded head on raw features must give the same logits everywhere, borders included
     (replicate padding commutes with the per-channel affine map; zero padding would not)."""
-    from gvslcore.finetune import fold_standardization
+    from gvslcore.finetune import fold_standardization, standardize
     from gvslcore.nets import SegNet
 
     torch.manual_seed(0)
-    net = SegNet(3, width=4)
+    net = SegNet(3, width=4, readout="last")
     torch.nn.init.normal_(net.head.weight)
     x = torch.rand(1, 1, 16, 20, 24)
     with torch.no_grad():
-        features = net.unet(x)[1]
-        mean, std = torch.randn(4), torch.rand(4) + 0.5
-        expected = net.head((features - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1))
-        folded = SegNet(3, width=4)
-        folded.load_state_dict(fold_standardization(net.state_dict(), mean, std))
+        stats = [(torch.randn(4), torch.rand(4) + 0.5)]
+        expected = net.head(standardize(net.head_inputs(x), stats))
+        folded = SegNet(3, width=4, readout="last")
+        folded.load_state_dict(fold_standardization(net.state_dict(), stats))
+        torch.testing.assert_close(folded(x), expected, atol=1e-4, rtol=1e-4)
+
+
+def test_hypercolumn_probe_folds_exactly_and_equals_a_linear_map_of_the_upsampled_blocks():
+    """The hypercolumn head projects each block at its own resolution and upsamples the logits; that
+    must equal one 1x1x1 layer on the concatenated upsampled blocks (the definition of a linear probe
+    on the hypercolumn), and the probe's standardization must fold into it exactly (non-cubic input
+    whose size is not a multiple of 16, so the padding and the crop are exercised)."""
+    import torch.nn.functional as F
+
+    from gvslcore.finetune import fold_standardization, standardize
+    from gvslcore.nets import SegNet
+
+    torch.manual_seed(0)
+    net = SegNet(3, width=4, readout="hypercolumn").eval()
+    for proj in net.head.projections:
+        torch.nn.init.normal_(proj.weight)
+    torch.nn.init.normal_(net.head.bias)
+    x = torch.rand(1, 1, 18, 20, 27)
+    with torch.no_grad():
+        blocks = net.unet.blocks(x)
+        full = blocks[0].shape[2:]
+        column = torch.cat([F.interpolate(b, size=full, mode="trilinear", align_corners=True) for b in blocks], 1)
+        weight = torch.cat([p.weight for p in net.head.projections], 1)
+        by_definition = net.unet.crop(F.conv3d(column, weight, net.head.bias), x.shape[2:])
+        torch.testing.assert_close(net(x), by_definition, atol=1e-4, rtol=1e-4)
+        assert net(x).shape == (1, 3, 18, 20, 27)
+
+        stats = [(torch.randn(b.shape[1]), torch.rand(b.shape[1]) + 0.5) for b in blocks]
+        expected = net.read_out(net.head(standardize(net.head_inputs(x), stats)), x.shape[2:])
+        folded = SegNet(3, width=4, **SegNet.head_options(net.state_dict())).eval()
+        assert folded.readout == "hypercolumn"
+        folded.load_state_dict(fold_standardization(net.state_dict(), stats))
         torch.testing.assert_close(folded(x), expected, atol=1e-4, rtol=1e-4)
 
 

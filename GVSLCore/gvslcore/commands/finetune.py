@@ -20,7 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", metavar="MODEL", help="continue from an earlier fine-tuned model (new labeled cases)")
     p.add_argument("--from-scratch", action="store_true", help="random backbone (the baseline)")
     p.add_argument("--linear-probe", action="store_true",
-                   help="freeze the backbone, train only the one-layer 3x3x3 head (the paper's linear evaluation)")
+                   help="freeze the backbone, train only the linear head (the paper's linear evaluation)")
+    p.add_argument("--readout", choices=["last", "hypercolumn"],
+                   help="what the new head reads: 'last' = a 3x3x3 conv of the last decoder map (the authors' "
+                        "out_conv; default when fine-tuning), 'hypercolumn' = a 1x1x1 projection of all nine U-Net "
+                        "blocks, upsampled and summed (default with --linear-probe)")
     p.add_argument("--images", required=True, metavar="DIR", help="folder of images")
     p.add_argument("--labels", required=True, metavar="DIR", help="folder of label maps with the images' file names")
     p.add_argument("--out", required=True, metavar="MODEL.safetensors", help="the model file written at the end")
@@ -58,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         init=args.init,
         linear_probe=args.linear_probe,
         from_scratch=args.from_scratch,
+        readout=args.readout,
         spacing=tuple(args.spacing) if args.spacing else None,
         modality=args.modality,
         label_table=read_label_table_json(args.label_table) if args.label_table else None,

@@ -6,6 +6,7 @@ Module and parameter names follow the authors' release (``inc``, ``down1..4.maxp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -119,19 +120,27 @@ class UNet3D(nn.Module):
         x4 = self.down3(x3)
         return x1, x2, x3, x4, self.down4(x4)
 
+    def blocks(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The outputs of all nine blocks on the padded grid: encoder (B, w, D', H', W') ...
+        (B, 16w, D'/16, ...), then decoder (B, 8w, D'/8, ...) ... (B, w, D', H', W')."""
+        x1, x2, x3, x4, x5 = self.encode(x)
+        y1 = self.up1(x5, x4)
+        y2 = self.up2(y1, x3)
+        y3 = self.up3(y2, x2)
+        return x1, x2, x3, x4, x5, y1, y2, y3, self.up4(y3, x1)
+
+    def crop(self, padded: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+        """Undo the centred padding of an input of spatial ``shape`` (D, H, W) on a full-grid map."""
+        pads = self._padding(torch.Size(shape))
+        if not any(pads):
+            return padded
+        z0, y0, x0 = pads[4], pads[2], pads[0]
+        return padded[:, :, z0 : z0 + shape[0], y0 : y0 + shape[1], x0 : x0 + shape[2]]
+
     def features(self, x: torch.Tensor) -> Features:
         """Bottleneck, level-2 encoder map and local features of ``x`` (see :class:`Features`)."""
-        shape = x.shape[2:]
-        x1, x2, x3, x4, x5 = self.encode(x)
-        y = self.up1(x5, x4)
-        y = self.up2(y, x3)
-        y = self.up3(y, x2)
-        y = self.up4(y, x1)
-        pads = self._padding(shape)
-        if any(pads):
-            z0, y0, x0 = pads[4], pads[2], pads[0]
-            y = y[:, :, z0 : z0 + shape[0], y0 : y0 + shape[1], x0 : x0 + shape[2]]
-        return Features(x5, x2, y)
+        _, x2, _, _, x5, _, _, _, y = self.blocks(x)
+        return Features(x5, x2, self.crop(y, x.shape[2:]))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.features(x)
