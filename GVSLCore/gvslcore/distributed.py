@@ -460,7 +460,7 @@ def launch(argv: Sequence[str], nproc: int, *, run_dir: str | os.PathLike | None
         or cancelled; 2 when it failed on bad input), else torchrun's.
     """
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        sys.executable, "-m", "gvslcore._torchrun", "--standalone", f"--nproc_per_node={nproc}",
         "-m", "gvslcore", *argv,
     ]
     env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -152,6 +152,7 @@ def test_two_process_gloo_run_sigterm_then_resume(tmp_path, volume_dir):
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]  # torchrun's SignalException is a cancel, not a crash
     status = json.loads((run / "status.json").read_text())
     assert status["status"] == "cancelled" and status["signal"] == signal.SIGTERM
     stopped = status["step"]
