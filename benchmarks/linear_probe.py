@@ -4,8 +4,8 @@ GVSL pre-training on unlabeled phantoms, then four segmentation models trained i
 same labeled phantoms and scored on held-out phantoms:
 
     linear probe  (frozen backbone, one linear head):  GVSL-pretrained  vs  random backbone
-                  for each --readouts: 'hypercolumn' (1x1x1 over all nine blocks, the probe's default)
-                  and 'last' (3x3x3 over the last decoder map, the authors' out_conv)
+                  for each --readouts: 'last' (3x3x3 over the last decoder map, the authors' out_conv:
+                  the paper's linear evaluation) and 'hypercolumn' (1x1x1 over all nine blocks)
     fine-tune     (all weights):                      GVSL-pretrained  vs  from scratch
 
 Prints a table of mean and per-label Dice (and writes --json). CPU-sized by default; give more
@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-cases", type=int, default=10)
     p.add_argument("--test-cases", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--readouts", default="hypercolumn,last", help="probe read-outs to compare (comma-separated)")
+    p.add_argument("--pretrain-patch", type=int, help="pre-training patch (default: --size, whole phantoms, as the "
+                                                     "authors pre-train on whole volumes)")
+    p.add_argument("--readouts", default="last,hypercolumn", help="probe read-outs to compare (comma-separated)")
     p.add_argument("--json", type=Path, help="write the results here")
     args = p.parse_args(argv)
 
@@ -85,12 +87,13 @@ def main(argv: list[str] | None = None) -> int:
 
     pretrained = args.pretrained
     if pretrained is None:
-        run = out / f"pretrain_w{args.width}_s{args.pretrain_steps}"
+        pretrain_patch = args.pretrain_patch or args.size
+        run = out / f"pretrain_w{args.width}_s{args.pretrain_steps}_p{pretrain_patch}"
         pretrained = run / "model.safetensors"
         if not pretrained.exists():
             t = time.monotonic()
             code = run_pretrain(PretrainConfig(data=[str(unlabeled / "images")], out=str(run), steps=args.pretrain_steps,
-                                               patch=(args.patch,) * 3, width=args.width, spacing=sp, modality="CT",
+                                               patch=(pretrain_patch,) * 3, width=args.width, spacing=sp, modality="CT",
                                                seed=args.seed, checkpoint_every=args.pretrain_steps, device="cpu"),
                                 progress="bar" if sys.stderr.isatty() else "none", resume=(run / "config.json").exists())
             if code:
@@ -128,17 +131,17 @@ def main(argv: list[str] | None = None) -> int:
                 return code
             timings[f"{tag}_s"] = round(time.monotonic() - t, 1)
         results[name] = held_out(model, test)
-        print(f"{name:32s} held-out mean Dice {results[name]['mean_dice']:.3f}", file=sys.stderr, flush=True)
+        print(f"{name:36s} held-out mean Dice {results[name]['mean_dice']:.3f}", file=sys.stderr, flush=True)
 
     print(f"\nHeld-out phantoms: {args.test_cases} cases, {args.size}^3 at {args.spacing} mm; width {args.width}, "
           f"patch {args.patch} (probe {args.probe_patch or args.size}); "
           f"pre-training {args.pretrain_steps if args.pretrained is None else 'given'} steps, "
           f"probe {args.probe_steps} steps, fine-tune {args.finetune_steps} steps; threads {os.environ.get('OMP_NUM_THREADS', 'default')}")
     labels = list(next(iter(results.values()))["per_label"])
-    header = f"{'':32s} {'mean':>6s} " + " ".join(f"{n[:10]:>10s}" for n in labels)
+    header = f"{'':36s} {'mean':>6s} " + " ".join(f"{n[:10]:>10s}" for n in labels)
     print(header)
     for name, r in results.items():
-        print(f"{name:32s} {r['mean_dice']:6.3f} " + " ".join(f"{r['per_label'].get(n, float('nan')):10.3f}" for n in labels))
+        print(f"{name:36s} {r['mean_dice']:6.3f} " + " ".join(f"{r['per_label'].get(n, float('nan')):10.3f}" for n in labels))
     print()
     margins = {}
     for readout in readouts:

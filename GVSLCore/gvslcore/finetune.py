@@ -71,7 +71,7 @@ class FinetuneConfig:
     init: str | None = None
     linear_probe: bool = False
     from_scratch: bool = False
-    readout: str | None = None  # 'last' or 'hypercolumn'; None: hypercolumn for a linear probe, else last
+    readout: str | None = None  # 'last' (default) or 'hypercolumn' (see gvslcore.nets.SegNet)
     steps: int = 2000
     patch: tuple[int, int, int] = (96, 96, 96)
     batch: int = 2
@@ -110,7 +110,7 @@ class FinetuneConfig:
     @property
     def head_readout(self) -> str:
         """What the new head reads (see :class:`gvslcore.nets.SegNet`)."""
-        return self.readout or ("hypercolumn" if self.linear_probe else "last")
+        return self.readout or "last"
 
     def learning_rate(self) -> float:
         if self.lr is not None:

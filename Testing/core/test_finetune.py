@@ -93,7 +93,7 @@ def test_incremental_init_continues_a_model(tmp_path, small_set):
 
 
 def test_linear_probe_keeps_the_backbone_and_segments_on_the_input_grid(tmp_path, small_set, capsys):
-    """--linear-probe trains the hypercolumn head alone: the saved backbone equals the pre-trained one
+    """--linear-probe trains a hypercolumn head alone: the saved backbone equals the pre-trained one
     bit for bit, the file loads in gvsl segment, and the labels come back on the input's exact grid
     (non-identity direction, anisotropic spacing, non-cubic size). Continuing it with another
     --readout is refused with one line."""
@@ -105,7 +105,8 @@ def test_linear_probe_keeps_the_backbone_and_segments_on_the_input_grid(tmp_path
     probe = tmp_path / "probe.safetensors"
     assert main(["finetune", "--pretrained", str(run / "model.safetensors"), "--linear-probe", "--images",
                  str(small_set / "images"), "--labels", str(small_set / "labels"), "--out", str(probe), "--steps", "4",
-                 "--patch", "16", "--batch", "1", "--val-cases", "1", "--val-every", "2", "--progress", "none"]) == 0
+                 "--readout", "hypercolumn", "--patch", "16", "--batch", "1", "--val-cases", "1", "--val-every", "2",
+                 "--progress", "none"]) == 0
     meta = read_metadata(probe)
     assert meta["architecture"]["readout"] == "hypercolumn" and meta["training"]["mode"] == "pretrained-linear-probe"
     pre, probed = load_file(str(run / "model.safetensors")), load_file(str(probe))

@@ -1,14 +1,12 @@
-"""The paper's central claim in miniature (fast version of benchmarks/linear_probe.py): a linear
-probe (frozen backbone, one linear head over the hypercolumn of all nine U-Net blocks, the default
-of --linear-probe) on GVSL-pretrained features beats the same probe on a random backbone by at least
-10 Dice points on held-out phantoms. The probe sees whole phantoms (48^3 windows): frozen features
-depend on the context the backbone is given, and 32^3 windows measured worse for both backbones."""
+"""The paper's central claim in miniature (fast version of benchmarks/linear_probe.py): the paper's
+linear evaluation (frozen backbone, one 3x3x3 conv on the last decoder map, the authors' out_conv)
+on GVSL-pretrained features beats the same probe on a random backbone by at least 10 Dice points on
+held-out phantoms. Pre-training and probe see whole phantoms (48^3): frozen features depend on the
+context the backbone is given; with 32^3 crops the margin measured +3.6 points."""
 
 from __future__ import annotations
 
 import os
-
-import pytest
 
 from gvslcore.cli import main
 
@@ -23,7 +21,6 @@ def probe(root, train, out, *backbone: str) -> None:
                  "--batch", "2", "--val-cases", "2", "--val-every", str(PROBE_STEPS), "--progress", "none"]) == 0
 
 
-@pytest.mark.acceptance
 def test_gvsl_linear_probe_beats_a_random_backbone_by_10_points(tmp_path_factory):
     root = tmp_path_factory.getbasetemp() / "phantom_models"
     root.mkdir(exist_ok=True)

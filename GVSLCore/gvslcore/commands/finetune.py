@@ -22,9 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--linear-probe", action="store_true",
                    help="freeze the backbone, train only the linear head (the paper's linear evaluation)")
     p.add_argument("--readout", choices=["last", "hypercolumn"],
-                   help="what the new head reads: 'last' = a 3x3x3 conv of the last decoder map (the authors' "
-                        "out_conv; default when fine-tuning), 'hypercolumn' = a 1x1x1 projection of all nine U-Net "
-                        "blocks, upsampled and summed (default with --linear-probe)")
+                   help="what the new head reads: 'last' (default) = a 3x3x3 conv of the last decoder map (the "
+                        "authors' out_conv; with --linear-probe, the paper's linear evaluation), 'hypercolumn' = a "
+                        "1x1x1 projection of all nine U-Net blocks, upsampled and summed (a much better frozen-backbone "
+                        "model at small widths)")
     p.add_argument("--images", required=True, metavar="DIR", help="folder of images")
     p.add_argument("--labels", required=True, metavar="DIR", help="folder of label maps with the images' file names")
     p.add_argument("--out", required=True, metavar="MODEL.safetensors", help="the model file written at the end")
