@@ -482,17 +482,13 @@ def feature_statistics(net: torch.nn.Module, dataset: SegPatchDataset, device: t
                        batch: int = 2) -> Statistics:
     """Per-channel mean and std (C_i,) of each frozen map the head reads (``net.head_inputs``) over
     ``patches`` training patches (sample indices of their own, so the training samples are unchanged)."""
-    sums: list[list[torch.Tensor]] = []
+    batches = []
     for i in range(0, patches, batch):
         x = torch.stack([dataset[2**40 + i + k][0] for k in range(min(batch, patches - i))]).to(device)
-        for j, f in enumerate(net.head_inputs(x)):
-            flat = f.float().transpose(0, 1).reshape(f.shape[1], -1)
-            if len(sums) <= j:
-                sums.append([])
-            sums[j].append(flat)
+        batches.append([f.float().transpose(0, 1).flatten(1) for f in net.head_inputs(x)])
     stats = []
-    for parts in sums:
-        f = torch.cat(parts, dim=1)
+    for maps in zip(*batches):  # one map the head reads, over every batch: (C_i, N)
+        f = torch.cat(maps, dim=1)
         stats.append((f.mean(1), f.std(1).clamp_min(1e-6)))
     return stats
 
@@ -507,20 +503,16 @@ def fold_standardization(state: dict[str, torch.Tensor], stats: Statistics) -> d
     ``W * ((f - m) / s) + b = (W / s) * f + (b - sum_k (W / s) m)``. Exact for the 3x3x3 head
     (replicate padding commutes with a per-channel affine map) and for the hypercolumn head (trilinear
     upsampling keeps constants: its weights sum to one)."""
+    # One weight per map the head reads: the 3x3x3 conv's, or one 1x1x1 projection per block.
+    keys = [f"head.projections.{i}.weight" for i in range(len(stats))] if "head.projections.0.weight" in state \
+        else ["head.weight"]
     out = dict(state)
-    if "head.projections.0.weight" in state:
-        bias = state["head.bias"].clone()
-        for i, (mean, std) in enumerate(stats):
-            key = f"head.projections.{i}.weight"
-            w = state[key] / std.to(state[key]).view(1, -1, 1, 1, 1)
-            out[key] = w
-            bias = bias - (w * mean.to(w).view(1, -1, 1, 1, 1)).sum(dim=(1, 2, 3, 4))
-        out["head.bias"] = bias
-        return out
-    (mean, std), = stats
-    w = state["head.weight"] / std.to(state["head.weight"]).view(1, -1, 1, 1, 1)
-    out["head.weight"] = w
-    out["head.bias"] = state["head.bias"] - (w * mean.to(w).view(1, -1, 1, 1, 1)).sum(dim=(1, 2, 3, 4))
+    bias = state["head.bias"]
+    for key, (mean, std) in zip(keys, stats, strict=True):
+        w = state[key] / std.to(state[key]).view(1, -1, 1, 1, 1)
+        out[key] = w
+        bias = bias - (w * mean.to(w).view(1, -1, 1, 1, 1)).sum(dim=(1, 2, 3, 4))
+    out["head.bias"] = bias
     return out
 
 

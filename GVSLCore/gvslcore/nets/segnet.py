@@ -42,7 +42,6 @@ class HypercolumnHead(nn.Module):
         super().__init__()
         self.projections = nn.ModuleList(nn.Conv3d(c, num_classes, kernel_size=1, bias=False) for c in channels)
         self.bias = nn.Parameter(torch.zeros(num_classes))
-        self.out_channels = num_classes
 
     def forward(self, blocks: Sequence[torch.Tensor]) -> torch.Tensor:
         full = blocks[0].shape[2:]
