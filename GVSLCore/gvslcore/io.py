@@ -168,6 +168,38 @@ def resample_to_spacing(
     )
 
 
+def lps_grid(image: sitk.Image, spacing: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """(origin (x, y, z) mm, size (x, y, z)) of the axis-aligned grid of ``spacing`` covering ``image``."""
+    size = np.array(image.GetSize())
+    corners = [[i, j, k] for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)]
+    points = np.array([image.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner]) for corner in corners])
+    lo, hi = points.min(0), points.max(0)
+    return lo, np.maximum(1, np.round((hi - lo) / np.asarray(spacing, dtype=float)).astype(int) + 1)
+
+
+def resample_to_lps_grid(
+    image: sitk.Image,
+    spacing: Sequence[float],
+    *,
+    label: bool = False,
+    default_value: float = 0.0,
+) -> sitk.Image:
+    """Resample onto an axis-aligned grid (identity direction: index axes along L, P, S) of
+    ``spacing`` (mm, x-y-z) that covers the image's physical extent.
+
+    A network that learned anatomy (left is not right) sees every input the same way round
+    whatever the file's direction matrix: a flipped or oblique scan is turned, in physical space,
+    onto the grid the network was trained on. For an identity-direction input this equals
+    :func:`resample_to_spacing`.
+    """
+    lo, new_size = lps_grid(image, spacing)
+    new_spacing = np.array(spacing, dtype=float)
+    interpolator = sitk.sitkNearestNeighbor if label else sitk.sitkLinear
+    return sitk.Resample(image, [int(s) for s in new_size], sitk.Transform(), interpolator, [float(v) for v in lo],
+                         [float(s) for s in new_spacing], [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0],
+                         default_value, image.GetPixelID())
+
+
 def resample_like(image: sitk.Image, reference: sitk.Image, *, label: bool = False, default_value: float = 0.0) -> sitk.Image:
     """Resample ``image`` onto the grid of ``reference`` (identity transform, physical space)."""
     interpolator = sitk.sitkNearestNeighbor if label else sitk.sitkLinear

@@ -30,6 +30,7 @@ from .errors import InputError
 from .events import Reporter
 from .io import write_image
 from .labels import HEART_LABELS
+from .synth import shapes
 
 DEFAULT_FOV_MM = 192.0
 """Default field of view along each axis: spacing = FOV / size (covers the scaled thorax)."""
@@ -39,7 +40,7 @@ MIN_SIZE = 16
 LV, RV, LA, RA, MYO, AO, PA = 1, 2, 3, 4, 5, 6, 7
 
 AIR_HU = -1000.0
-_FAR = np.float32(1e4)  # "distance" of points outside a shape's bounding box
+_FAR = shapes.FAR  # "distance" of points outside a shape's bounding box
 
 SizeLike = int | Sequence[int]
 
@@ -145,95 +146,14 @@ def grid_of(image: sitk.Image) -> Grid:
 
 # -- implicit shapes (approximate signed distances in mm, negative inside) ----------------------
 
-def _unit(v: Sequence[float]) -> np.ndarray:
-    v = np.asarray(v, dtype=np.float64)
-    return v / np.linalg.norm(v)
-
-
-def _frame(long_axis: Sequence[float], toward: Sequence[float] | None = None) -> np.ndarray:
-    """Rows (e1, e2, e3): e3 = long axis, e1 = the part of ``toward`` orthogonal to it."""
-    e3 = _unit(long_axis)
-    t = np.asarray(toward if toward is not None else (0.0, 0.0, 1.0), dtype=np.float64)
-    e1 = t - (t @ e3) * e3
-    if np.linalg.norm(e1) < 1e-6:
-        e1 = np.cross(e3, (1.0, 0.0, 0.0))
-    e1 = e1 / np.linalg.norm(e1)
-    return np.stack([e1, np.cross(e3, e1), e3])
-
-
-def _ellipsoid(p: np.ndarray, center: Sequence[float], axes: Sequence[float], frame: np.ndarray | None = None) -> np.ndarray:
-    """Approximate signed distance (mm) to an ellipsoid at points ``p`` (3, N); ``frame`` rows are its axes."""
-    q = p - np.asarray(center, dtype=np.float32)[:, None]
-    if frame is not None:
-        q = frame.astype(np.float32) @ q
-    a = np.asarray(axes, dtype=np.float32)[:, None]
-    q /= a
-    k0 = np.sqrt((q * q).sum(0))
-    q /= a
-    k1 = np.sqrt((q * q).sum(0))
-    # k0 (k0 - 1) / k1: a close, cheap estimate of the Euclidean distance near the surface.
-    return k0 * (k0 - 1.0) / np.maximum(k1, 1e-6)
-
-
-def _curve(points: Sequence[Sequence[float]], n: int = 10) -> np.ndarray:
-    """A smooth polyline (n + 1 points, (n + 1, 3)) along the Bezier curve of control ``points``."""
-    ctrl = np.asarray(points, dtype=np.float64)
-    out = []
-    for t in np.linspace(0.0, 1.0, n + 1):
-        c = ctrl.copy()
-        while len(c) > 1:
-            c = (1 - t) * c[:-1] + t * c[1:]
-        out.append(c[0])
-    return np.asarray(out)
-
-
-def _in_box(p: np.ndarray, lo: Sequence[float], hi: Sequence[float]) -> np.ndarray:
-    """Indices of the points (3, N) inside the axis-aligned box [lo, hi]."""
-    m = (p[0] >= lo[0]) & (p[0] <= hi[0])
-    m &= (p[1] >= lo[1]) & (p[1] <= hi[1])
-    m &= (p[2] >= lo[2]) & (p[2] <= hi[2])
-    return np.flatnonzero(m)
-
-
-def _tube(p: np.ndarray, path: np.ndarray, radius: Sequence[float] | float, margin: float = 12.0) -> np.ndarray:
-    """Signed distance (mm) at points ``p`` (3, N) to a tube along polyline ``path`` (M, 3).
-
-    ``radius`` is one number or (start, end), interpolated linearly in arc length. Points farther
-    than ``margin`` outside the tube's bounding box get a large positive value.
-    """
-    path = np.asarray(path, dtype=np.float32)
-    r0, r1 = (float(radius), float(radius)) if np.ndim(radius) == 0 else (float(radius[0]), float(radius[1]))  # type: ignore[index]
-    seg = np.linalg.norm(np.diff(path, axis=0), axis=1)
-    arc = np.concatenate([[0.0], np.cumsum(seg)]) / max(float(seg.sum()), 1e-6)
-    r = (r0 + (r1 - r0) * arc).astype(np.float32)
-    out = np.full(p.shape[1], _FAR, dtype=np.float32)
-    idx = _in_box(p, path.min(0) - r.max() - margin, path.max(0) + r.max() + margin)
-    if idx.size == 0:
-        return out
-    sub = p[:, idx]
-    best = np.full(idx.size, _FAR, dtype=np.float32)
-    for i in range(len(path) - 1):
-        a, ab = path[i], path[i + 1] - path[i]
-        diff = sub - a[:, None]
-        t = np.clip((ab @ diff) / max(float(ab @ ab), 1e-9), 0.0, 1.0)
-        diff -= ab[:, None] * t
-        d = np.sqrt((diff * diff).sum(0)) - (r[i] + t * (r[i + 1] - r[i]))
-        np.minimum(best, d, out=best)
-    out[idx] = best
-    return out
-
-
-def _wave_field(p: np.ndarray, freqs: np.ndarray, phases: np.ndarray, amps: np.ndarray) -> np.ndarray:
-    """Sum of plane waves at points ``p`` (3, N): sum_k amps[k] sin(2 pi freqs[k] . p + phases[k]); (C, N)."""
-    arg = (2 * np.pi * freqs).astype(np.float32) @ p + phases.astype(np.float32)[:, None]  # (K, N)
-    return amps.T.astype(np.float32) @ np.sin(arg)
-
-
-def _random_rotation(rng: np.random.Generator, max_deg: float, min_deg: float = 0.0) -> np.ndarray:
-    axis = _unit(rng.normal(size=3))
-    angle = np.deg2rad(rng.uniform(min_deg, max_deg))
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * (k @ k)
+_unit = shapes.unit
+_frame = shapes.frame
+_ellipsoid = shapes.ellipsoid
+_curve = shapes.bezier
+_in_box = shapes.in_box
+_tube = shapes.tube
+_wave_field = shapes.wave_field
+_random_rotation = shapes.random_rotation
 
 
 # -- the anatomy of one case ---------------------------------------------------------------------

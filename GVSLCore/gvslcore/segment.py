@@ -12,6 +12,7 @@ autocast, and an out-of-memory error halves the batch, then falls back to the CP
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -27,7 +28,7 @@ import torch
 
 from .errors import InputError
 from .events import Reporter, log
-from .io import guess_modality, normalize, read_image, resample_to_spacing
+from .io import guess_modality, lps_grid, normalize, read_image, resample_to_lps_grid, resample_to_spacing
 from .labels import HEART_LABELS, LabelTable
 
 logger = logging.getLogger("gvsl.segment")
@@ -49,7 +50,8 @@ class InferenceSettings:
         smooth_resample: map labels back to the input grid through linearly resampled one-hot
             masks (smooth boundaries when the model grid is coarser) instead of nearest neighbour.
         device: 'auto' | 'cpu' | 'cuda[:N]'.
-        amp: half-precision autocast on CUDA.
+        amp: half-precision autocast on CUDA, and bf16 on CPUs with native bf16 arithmetic
+            (AVX512-BF16 or AMX; :func:`cpu_has_bf16`), about twice as fast there.
         sigma_scale: Gaussian importance sigma as a fraction of the window.
     """
 
@@ -84,6 +86,7 @@ class Segmenter:
     window: tuple[int, int, int]
     num_classes: int
     source: str = ""
+    orientation: str | None = None  # "LPS": the network works on an axis-aligned grid (see prepare_input)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -112,6 +115,7 @@ def load_segmenter(model: str | os.PathLike, device: str | torch.device = "cpu")
 
     path = locate_model(model)
     state, meta = resolve_model(path)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # fp16 files
     check_segmentation_metadata(meta, str(path))
     arch = meta["architecture"]
     net = SegNet(int(arch["num_classes"]), int(arch["width"]), int(arch.get("in_channels", 1)),
@@ -133,6 +137,7 @@ def load_segmenter(model: str | os.PathLike, device: str | torch.device = "cpu")
         window=tuple(int(w) for w in window),  # type: ignore[arg-type]
         num_classes=int(arch["num_classes"]),
         source=str(path),
+        orientation=prep.get("orientation"),
     )
 
 
@@ -169,6 +174,21 @@ def _is_oom(exc: BaseException) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (Linux: the avx512_bf16 or amx_bf16 flag); elsewhere
+    False, since emulated bf16 is slower than float32."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
 class WindowPredictor:
     """Runs batches of windows through a network and returns class probabilities, falling back
     from a failing CUDA batch to smaller batches, then to the CPU.
@@ -177,7 +197,7 @@ class WindowPredictor:
         network: maps (B, 1, d, h, w) to logits (B, K, d, h, w).
         device: where the network runs.
         batch: windows per forward pass.
-        amp: half-precision autocast on CUDA.
+        amp: half-precision autocast (CUDA: bf16 or fp16; CPU: bf16 where native, see :func:`cpu_has_bf16`).
         gammas: intensity variants averaged per window (TTA); (1.0,) for none.
     """
 
@@ -194,7 +214,7 @@ class WindowPredictor:
         if self.device.type == "cuda" and self.amp:
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             return torch.autocast("cuda", dtype=dtype)
-        return torch.autocast("cpu", enabled=False)
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.device.type == "cpu" and self.amp and cpu_has_bf16())
 
     @torch.inference_mode()
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -411,7 +431,10 @@ def prepare_input(image: sitk.Image, seg: Segmenter, source: str, check_modality
                 f"give a {seg.modality} volume or a model for {seen} (add --no-modality-check to force)"
             )
     background = -1024.0 if seg.modality == "CT" else float(np.min(sitk.GetArrayViewFromImage(image)))
-    resampled = resample_to_spacing(image, seg.spacing, default_value=background)
+    if seg.orientation == "LPS":
+        resampled = resample_to_lps_grid(image, seg.spacing, default_value=background)
+    else:
+        resampled = resample_to_spacing(image, seg.spacing, default_value=background)
     array = normalize(sitk.GetArrayFromImage(resampled), seg.modality)
     return array, resampled
 
@@ -437,8 +460,11 @@ def segment_image(
         raise InputError(f"--overlap {settings.overlap} is not valid; give a fraction in [0, 1), e.g. 0.5")
     device = resolve_device(settings.device)
     window = tuple(settings.window or seg.window)
-    working_size = [max(1, round(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(), seg.spacing)]
-    working_shape = tuple(reversed(working_size))
+    if seg.orientation == "LPS":
+        working_size = lps_grid(image, seg.spacing)[1]
+    else:
+        working_size = [max(1, round(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(), seg.spacing)]
+    working_shape = tuple(int(n) for n in reversed(working_size))
     check_memory(estimate_memory(image.GetSize(), working_shape, seg.num_classes, window, settings.smooth_resample), source)
 
     array, resampled = prepare_input(image, seg, source, check_modality)

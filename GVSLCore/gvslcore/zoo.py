@@ -7,9 +7,14 @@ Where things live:
 - the cache: ``$GVSL_HOME`` (default ``~/.gvsl``); model files in ``GVSL_HOME/models/<id>.safetensors``.
 
 Catalog entries: ``id, title, description, task, modality, labels, version, url, sha256, license``
-and ``download``: ``direct`` (a .safetensors file at ``url``, checked against ``sha256``) or
-``manual`` (a page to download from by hand, e.g. the authors' Google Drive checkpoint, which is
-then converted with ``gvsl models import-gvsl`` and added with ``gvsl models install``).
+and ``download``: ``bundled`` (the file ships with the project at ``path``, relative to the
+catalog's folder, and is checked against ``sha256`` before first use), ``direct`` (a .safetensors
+file at ``url``, checked against ``sha256``) or ``manual`` (a page to download from by hand, e.g.
+the authors' Google Drive checkpoint, which is then converted with ``gvsl models import-gvsl`` and
+added with ``gvsl models install``).
+
+The default segmentation model, :data:`DEFAULT_SEGMENTATION_MODEL`, is bundled: ``gvsl segment``
+without ``--model`` and Slicer's "Segment heart chambers" use it with nothing installed.
 
 Wherever a MODEL is asked for, an installed id works as well as a path (:func:`locate_model`).
 """
@@ -33,6 +38,8 @@ from .errors import InputError
 CATALOG_FORMAT = "gvsl-catalog"
 REQUIRED_FIELDS = ("id", "title", "description", "task", "modality", "labels", "version", "url", "sha256", "license")
 CHUNK = 1 << 20
+DEFAULT_SEGMENTATION_MODEL = "gvsl-heart-ct"
+_VERIFIED: dict[str, str] = {}  # bundled files already checked in this process: path -> sha256
 
 
 def gvsl_home() -> Path:
@@ -99,8 +106,38 @@ def sha256_of(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def bundled_path(entry: dict[str, Any], catalog: str | os.PathLike | None = None) -> Path | None:
+    """The file of a ``bundled`` catalog entry (None for other entries)."""
+    if entry.get("download") != "bundled" or not entry.get("path"):
+        return None
+    return (Path(catalog) if catalog is not None else catalog_path()).parent / str(entry["path"])
+
+
+def verified_bundled(entry: dict[str, Any]) -> Path:
+    """The bundled file of ``entry``, its sha256 checked (once per process).
+
+    Raises:
+        InputError: the file is missing or does not match the catalog's sha256.
+    """
+    path = bundled_path(entry)
+    assert path is not None
+    if not path.is_file():
+        raise InputError(f"the bundled model {entry['id']} is missing ({path}); reinstall the extension or "
+                         f"rebuild it with `gvsl models build {entry['id']} OUT.safetensors`")
+    sha = str(entry.get("sha256") or "").lower()
+    key = str(path.resolve())
+    if _VERIFIED.get(key) != sha:
+        got = sha256_of(path)
+        if got != sha:
+            raise InputError(f"the bundled model file {path} is damaged (sha256 {got[:12]}... expected {sha[:12]}...); "
+                             "reinstall the extension or fetch the file again")
+        _VERIFIED[key] = sha
+    return path
+
+
 def locate_model(name: str | os.PathLike) -> Path:
-    """A model argument as a path: an existing file/folder, or the id of an installed model."""
+    """A model argument as a path: an existing file/folder, the id of an installed model, or the id
+    of a model bundled with the project."""
     path = Path(name).expanduser()
     if path.exists():
         return path
@@ -110,10 +147,12 @@ def locate_model(name: str | os.PathLike) -> Path:
         if candidate.is_file():
             return candidate
         try:
-            ids = {e["id"] for e in load_catalog()}
+            entries = {e["id"]: e for e in load_catalog()}
         except InputError:
-            ids = set()
-        if text in ids:
+            entries = {}
+        if text in entries and entries[text].get("download") == "bundled":
+            return verified_bundled(entries[text])
+        if text in entries:
             raise InputError(f"model {text} is in the catalog but not installed; run `gvsl models download {text}`")
     raise InputError(
         f"model {text} does not exist; give a .safetensors model file, a run's checkpoint or folder, "
@@ -131,6 +170,14 @@ def download(model_id: str, *, catalog: list[dict[str, Any]] | None = None, repo
 
     entry = find_entry(model_id, catalog)
     sha = str(entry.get("sha256") or "").lower()
+    if entry.get("download") == "bundled":  # nothing to fetch: copy the shipped file into the cache
+        source = verified_bundled(entry)
+        dest = installed_path(model_id)
+        if not (dest.is_file() and not force and sha256_of(dest) == sha):
+            ensure_writable_dir(dest.parent)
+            with atomic_path(dest) as tmp:
+                shutil.copyfile(source, tmp)
+        return dest
     if entry.get("download", "direct") != "direct" or not sha or not entry.get("url"):
         raise InputError(
             f"{model_id} cannot be downloaded automatically: get it from {entry.get('url') or 'its publisher'} by hand"
@@ -210,6 +257,9 @@ def list_models(catalog: list[dict[str, Any]] | None = None) -> list[dict[str, A
     ids = set()
     for entry in entries:
         path = installed_path(entry["id"])
+        if not path.is_file():
+            shipped = bundled_path(entry)
+            path = shipped if shipped is not None else path
         rows.append({**entry, "installed": str(path) if path.is_file() else None})
         ids.add(entry["id"])
     folder = models_dir()

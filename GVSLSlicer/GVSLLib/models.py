@@ -22,6 +22,8 @@ from .jobs import gvsl_home
 
 METADATA_KEY = "gvsl"
 FORMAT = "gvsl-model"
+DEFAULT_HEART_MODEL_ID = "gvsl-heart-ct"
+"""The heart model that ships with the extension (Resources/Models), gvslcore.zoo's default."""
 HEART_TEMPLATE_NAMES = (
     "left ventricle",
     "right ventricle",
@@ -232,13 +234,24 @@ def backbone_models(entries: list[ModelEntry]) -> list[ModelEntry]:
     return [e for e in entries if e.task == "pretrain"]
 
 
+def is_default_heart_model(entry: ModelEntry) -> bool:
+    return DEFAULT_HEART_MODEL_ID in (entry.id, str(entry.meta.get("id") or ""))
+
+
 def default_heart_model(entries: list[ModelEntry]) -> ModelEntry | None:
-    """The model the 'Segment heart chambers' button runs: an installed heart model, newest first."""
+    """The model the 'Segment heart chambers' button runs: the shipped default heart model when it is
+    at hand (validated on real CTAs), else an installed heart model, newest first. A model of one's
+    own (GVSL Train) runs from the model list with Apply."""
     hearts = [e for e in entries if is_heart_model(e) and e.installed]
     if not hearts:
         return None
-    hearts.sort(key=lambda e: Path(e.path).stat().st_mtime if e.path else 0, reverse=True)
+    hearts.sort(key=lambda e: (is_default_heart_model(e), Path(e.path).stat().st_mtime if e.path else 0), reverse=True)
     return hearts[0]
+
+
+def bundled_models_dir(resources: str | os.PathLike) -> Path:
+    """Models that ship with the extension: ``<Resources>/Models``."""
+    return Path(resources) / "Models"
 
 
 def import_model_file(path: str | os.PathLike, folder: str | os.PathLike | None = None) -> ModelEntry:

@@ -358,7 +358,11 @@ def all_models() -> list[models.ModelEntry]:
     runs = [p.parent for p in models.runs_dir().glob("*/model.safetensors")] if models.runs_dir().is_dir() else []
     # Pre-training runs export RUN/model.safetensors; fine-tuned models are written to the models folder.
     local = models.scan_models([models.models_dir()]) + [e for e in models.scan_models(runs) if e.task == "pretrain"]
-    return models.merge_models(local, _catalog.entries)
+    # The shipped heart model is there from the first click, before the catalog job answers.
+    bundled = models.scan_models([models.bundled_models_dir(resources_dir())])
+    for entry in bundled:
+        entry.source = "bundled"
+    return models.merge_models(local, bundled, _catalog.entries)
 
 
 def catalog_changed() -> bool:

@@ -332,3 +332,59 @@ def test_demo_refuses_a_foreign_folder_and_clears_its_own(tmp_path, capsys):
     (tmp_path / "summary.json").write_text("{}")
     clear_previous_demo(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == [MARKER, "mine.txt"]
+
+
+class LeftHalf(torch.nn.Module):
+    """Class 1 in the half of the window with the larger array x index: a network that knows left
+    from right only through the array's axis order, as a trained heart model does."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = x.shape[-1]
+        side = (torch.arange(w, dtype=x.dtype) >= w / 2).to(x.dtype).expand_as(x)
+        return torch.cat([1.0 - side, side], dim=1) * 10.0
+
+
+def _reoriented(image: sitk.Image, direction) -> sitk.Image:
+    """The same physical volume stored on a grid with another direction matrix (nearest neighbour)."""
+    size = np.asarray(image.GetSize())
+    corners = [image.TransformIndexToPhysicalPoint([int(i), int(j), int(k)]) for i in (0, size[0] - 1)
+               for j in (0, size[1] - 1) for k in (0, size[2] - 1)]
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
+    local = np.asarray(corners) @ d  # coordinates along the new axes
+    origin = d @ local.min(0)
+    new_size = np.round((local.max(0) - local.min(0)) / np.asarray(image.GetSpacing())).astype(int) + 1
+    return sitk.Resample(image, [int(s) for s in new_size], sitk.Transform(), sitk.sitkNearestNeighbor, origin.tolist(),
+                         image.GetSpacing(), tuple(d.ravel()), -1000.0, image.GetPixelID())
+
+
+def test_lps_models_see_every_file_the_same_way_round():
+    """A model marked orientation LPS gets an axis-aligned grid whatever the file's direction: the
+    same physical voxels get the same label for an identity and a flipped/rotated copy."""
+    shape = (20, 26, 30)
+    image = sitk.GetImageFromArray(np.full(shape, -1000.0, dtype=np.float32))
+    image.SetSpacing((2.0, 2.0, 2.0))
+    image.SetOrigin((-30.0, -26.0, -20.0))
+    flipped = _reoriented(image, (-1, 0, 0, 0, -1, 0, 0, 0, 1))  # the LIDC/abdomen kind of file
+    a = np.deg2rad(30)
+    oblique = _reoriented(image, (np.cos(a), -np.sin(a), 0, np.sin(a), np.cos(a), 0, 0, 0, 1))
+    meta = default_metadata("segmentation", 4)
+    table = LabelTable([HEART_LABELS.labels[0]])
+
+    def segment(img, orientation):
+        seg = Segmenter(LeftHalf(), meta, table, (2.0, 2.0, 2.0), "CT", (64, 64, 64), num_classes=2, source="left",
+                        orientation=orientation)
+        labels, _ = segment_image(img, seg, InferenceSettings(device="cpu", smooth_resample=False), check_modality=False)
+        return sitk.Resample(labels, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0)  # onto one grid
+
+    reference = sitk.GetArrayFromImage(segment(image, "LPS"))
+    assert reference[:, :, 20:].all() and not reference[:, :, :10].any()  # patient-left half: larger x
+    # The flipped file lands on the very same axis-aligned working grid: identical labels.
+    assert np.array_equal(sitk.GetArrayFromImage(segment(flipped, "LPS")), reference)
+    # The oblique file's working grid is its rotated bounding box: still the patient's left labelled.
+    got = sitk.GetArrayFromImage(segment(oblique, "LPS"))
+    x = np.broadcast_to(np.arange(shape[2]), shape)
+    inner = (slice(2, -2), slice(6, -6), slice(6, -6))  # the rotated copy's corners are outside its grid
+    assert x[inner][got[inner] == 1].mean() > x[inner][got[inner] == 0].mean() + 8
+    # Without the orientation the flipped file is labelled the wrong way round: the test can fail.
+    naive = sitk.GetArrayFromImage(segment(flipped, None))
+    assert (naive == reference).mean() < 0.1

@@ -160,3 +160,48 @@ def test_bad_catalogs(tmp_path, monkeypatch):
     path.write_text(json.dumps({"format": "gvsl-catalog", "models": [{"id": "x"}]}))
     with pytest.raises(InputError, match="lacks"):
         load_catalog()
+
+
+@pytest.fixture
+def bundled_catalog(tmp_path, monkeypatch, model_file) -> Path:
+    """A catalog whose model ships beside it (download: bundled), as Resources/Models does."""
+    folder = tmp_path / "Resources"
+    (folder / "Models").mkdir(parents=True)
+    shipped = folder / "Models" / "heart-default.safetensors"
+    shipped.write_bytes(model_file.read_bytes())
+    entry = {**catalog_entry(shipped, "heart-default", "bundled"), "download": "bundled",
+             "path": "Models/heart-default.safetensors"}
+    catalog = folder / "Models.json"
+    catalog.write_text(json.dumps({"format": "gvsl-catalog", "format_version": 1, "models": [entry]}))
+    monkeypatch.setenv("GVSL_CATALOG", str(catalog))
+    return shipped
+
+
+def test_a_bundled_model_is_found_by_id_with_nothing_installed(home, bundled_catalog):
+    assert locate_model("heart-default") == bundled_catalog
+    rows = {row["id"]: row for row in __import__("gvslcore.zoo", fromlist=["list_models"]).list_models()}
+    assert rows["heart-default"]["installed"] == str(bundled_catalog)
+    assert main(["models", "download", "heart-default"]) == 0  # a copy into the cache, checked
+    assert (home / "models" / "heart-default.safetensors").read_bytes() == bundled_catalog.read_bytes()
+
+
+def test_a_damaged_bundled_model_is_refused(home, bundled_catalog, capsys):
+    import gvslcore.zoo as zoo
+
+    zoo._VERIFIED.clear()
+    data = bytearray(bundled_catalog.read_bytes())
+    data[-1] ^= 0xFF
+    bundled_catalog.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="damaged"):
+        locate_model("heart-default")
+
+
+def test_the_shipped_catalog_bundles_the_default_heart_model():
+    """Resources/Models.json lists gvsl-heart-ct as bundled, and the file matches its sha256."""
+    from gvslcore.zoo import DEFAULT_SEGMENTATION_MODEL, bundled_path, find_entry
+
+    entry = find_entry(DEFAULT_SEGMENTATION_MODEL, load_catalog(REPO / "Resources" / "Models.json"))
+    path = bundled_path(entry, REPO / "Resources" / "Models.json")
+    assert entry["download"] == "bundled" and path is not None and path.is_file()
+    assert sha256_of(path) == entry["sha256"]
+    assert path.stat().st_size <= 20 * 2**20

@@ -410,3 +410,19 @@ def test_module_command_lines_parse_with_gvsl(name: str) -> None:
         assert parsed.run == "/runs/out-finetune"
     if name == "pretrain":
         assert parsed.width == 16 and parsed.out == "/runs/a"
+
+
+def test_the_shipped_heart_model_is_the_default_even_beside_newer_ones(tmp_path: Path) -> None:
+    """'Segment heart chambers' runs the bundled gvsl-heart-ct; a newer model of one's own runs by Apply."""
+    import os
+
+    bundled = tmp_path / "Resources" / "Models"
+    bundled.mkdir(parents=True)
+    write_model(bundled / "gvsl-heart-ct.safetensors", {"format": "gvsl-model", "task": "segmentation",
+                                                        "labels": heart_labels(), "id": "gvsl-heart-ct"})
+    mine = write_model(tmp_path / "my_heart.safetensors", {"format": "gvsl-model", "task": "segmentation",
+                                                           "labels": heart_labels()})
+    os.utime(mine, (2e9, 2e9))  # newer than the shipped file
+    entries = models.scan_models([tmp_path]) + models.scan_models([models.bundled_models_dir(tmp_path / "Resources")])
+    assert models.default_heart_model(entries).id == "gvsl-heart-ct"
+    assert models.default_heart_model([e for e in entries if e.id != "gvsl-heart-ct"]).id == "my_heart"

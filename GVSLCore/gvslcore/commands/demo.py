@@ -1,9 +1,10 @@
 """`gvsl demo OUT`: the whole pipeline, CPU-sized (a few minutes on two cores).
 
 phantoms -> GVSL pre-training -> fine-tuning on a few labeled phantoms -> segmentation of a held-out
-phantom and of the real chest CTA (when ../shared/data is present) -> evaluation -> overlay PNGs,
-then a summary: the pre-training losses (first vs last logged, with their no-learning baselines)
-and the Dice per label on the held-out phantom.
+phantom -> evaluation -> overlay PNGs; then the shipped default heart model (gvsl-heart-ct) on the
+real chest CTA (when ../shared/data is present), with its whole-heart Dice and anatomy checks; then
+a summary: the pre-training losses (first vs last logged, with their no-learning baselines), the
+Dice per label on the held-out phantom and the real-CTA figures.
 """
 
 from __future__ import annotations
@@ -64,6 +65,18 @@ def clear_previous_demo(out: Path) -> None:
             path.unlink()
 
 
+def cta_checks(cta: Path, segmentation: Path) -> dict[str, Any]:
+    """Whole-heart Dice (against heart.nii.gz beside the CTA, when there) and the anatomy checks."""
+    from ..heartcheck import check_heart
+    from ..io import read_image
+
+    ref_path = cta.parent / "heart.nii.gz"
+    reference = read_image(ref_path, label=True) if ref_path.is_file() else None
+    report = check_heart(read_image(segmentation, label=True), read_image(cta), reference)
+    return {"whole_heart_dice": report.values.get("whole-heart Dice"),
+            "checks_passed": f"{report.passed}/{len(report.checks)}", "failed_checks": report.failed()}
+
+
 def pretraining_summary(run: Path) -> dict[str, Any]:
     """First and last logged losses and baselines of a pre-training run (from events.jsonl)."""
     logged = []
@@ -96,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pretrain import PretrainConfig, run_pretrain
     from ..report import overlay_png
     from ..segment import InferenceSettings, segment_file
+    from ..zoo import DEFAULT_SEGMENTATION_MODEL
 
     out = ensure_writable_dir(args.out)
     if any(out.iterdir()):
@@ -153,9 +167,9 @@ def run(args: argparse.Namespace) -> int:
     cta_seg = out / "chest_cta_segmentation.seg.nrrd"
     cta_info: dict[str, Any] | None = None
     if cta is not None and cta.exists():
-        log(f"[demo]     segmenting the real chest CTA {cta}")
-        # Real anatomy is out of the phantoms' distribution: keep one piece per structure.
-        cta_info = segment_file(cta, cta_seg, model, InferenceSettings(device=args.device, largest_component=True))
+        log(f"[demo]     segmenting the real chest CTA {cta} with the default heart model ({DEFAULT_SEGMENTATION_MODEL})")
+        cta_info = segment_file(cta, cta_seg, DEFAULT_SEGMENTATION_MODEL, InferenceSettings(device=args.device))
+        cta_info["checks"] = cta_checks(cta, cta_seg)
     else:
         why = "skipped (--no-cta)" if args.no_cta else "not found (../shared/data/chest_cta/ct.nii.gz): skipped"
         log(f"[demo]     real chest CTA {why}")
@@ -177,8 +191,8 @@ def run(args: argparse.Namespace) -> int:
                                 window=(-200, 600), distinct_colors=True))
     if cta_info is not None:
         pictures.append(overlay_png(read_image(cta), sitk.ReadImage(str(cta_seg)), out / "chest_cta_overlay.png",
-                                    HEART_LABELS, title="real chest CTA: phantom-trained model (demo only)",
-                                    window=(-200, 600), distinct_colors=True))
+                                    HEART_LABELS, title=f"real chest CTA: default heart model {DEFAULT_SEGMENTATION_MODEL}",
+                                    window=(-200, 700), distinct_colors=True))
     stage("pictures", t)
 
     pre = pretraining_summary(pre_run)
@@ -187,7 +201,8 @@ def run(args: argparse.Namespace) -> int:
         "held_out_dice": {row["name"]: row["dice"] for row in metrics["labels"]},
         "held_out_mean_dice": metrics["mean"]["dice"],
         "held_out_mean_hd95_mm": metrics["mean"]["hd95_mm"],
-        "chest_cta": cta_info and {"segmentation": str(cta_seg), "volumes_ml": cta_info["volumes_ml"]},
+        "chest_cta": cta_info and {"segmentation": str(cta_seg), "model": DEFAULT_SEGMENTATION_MODEL,
+                                   "volumes_ml": cta_info["volumes_ml"], **cta_info["checks"]},
         "pictures": [str(p) for p in pictures],
         "model": str(model),
         "seconds": {**timings, "total": round(time.monotonic() - t0, 1)},
@@ -215,8 +230,13 @@ def format_summary(s: dict[str, Any]) -> str:
     lines.append(f"held-out phantom Dice (mean {s['held_out_mean_dice']:.3f}, HD95 {s['held_out_mean_hd95_mm']} mm):")
     for name, d in s["held_out_dice"].items():
         lines.append(f"  {name:30s} {d if d is None else f'{d:.3f}'}")
-    if s.get("chest_cta"):
-        lines.append(f"chest CTA segmented: {s['chest_cta']['segmentation']}")
+    cta = s.get("chest_cta")
+    if cta:
+        lines.append(f"real chest CTA, default heart model {cta['model']}: {cta['segmentation']}")
+        if cta.get("whole_heart_dice") is not None:
+            lines.append(f"  whole-heart Dice vs the reference mask  {cta['whole_heart_dice']:.3f}")
+        lines.append(f"  anatomy checks passed                   {cta['checks_passed']}")
+        lines.append("  volumes (ml): " + ", ".join(f"{k} {v:.0f}" for k, v in cta["volumes_ml"].items()))
     lines.append("pictures: " + ", ".join(Path(p).name for p in s["pictures"]))
     lines.append("seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in s["seconds"].items()))
     return "\n".join(lines)

@@ -1,6 +1,7 @@
 """`gvsl models`: inspect model files and import the authors' released checkpoint.
 
-Sub-commands: ``info FILE``, ``import-gvsl OFFICIAL.pth OUT.safetensors`` here; the catalog
+Sub-commands: ``info FILE``, ``import-gvsl OFFICIAL.pth OUT.safetensors``, ``build gvsl-heart-ct OUT``
+(retrain the shipped default heart model from scratch, :mod:`gvslcore.heartmodel`) here; the catalog
 (``list``, ``download``, ``install``) lives in :mod:`gvslcore.zoo` and registers through
 :func:`add_catalog_commands` when present.
 """
@@ -31,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_common(imp)
     imp.set_defaults(func=run_import)
 
+    add_build_parser(msub)
     try:
         from ..zoo import add_catalog_commands
     except ModuleNotFoundError as exc:
@@ -39,6 +41,47 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     else:
         add_catalog_commands(msub)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+
+def add_build_parser(msub: argparse._SubParsersAction) -> None:
+    from ..heartrecipe import MODEL_ID, HeartRecipe
+
+    d = HeartRecipe()
+    b = msub.add_parser(
+        "build", help=f"rebuild a shipped model from scratch ({MODEL_ID}: synthetic chests only)",
+        description="Render a bank of synthetic adult chests, train the default heart model on views painted "
+                    "from them and write OUT. Resumable: --resume continues RUN (bank and training). On two CPU "
+                    "cores the default recipe takes about a day; --steps and --cases make it shorter.")
+    b.add_argument("id", choices=[MODEL_ID], help="the model to build")
+    b.add_argument("out", help="output .safetensors")
+    b.add_argument("--run", default=None, help="run folder (default: OUT without .safetensors + _run)")
+    b.add_argument("--resume", action="store_true", help="continue the run in --run")
+    b.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
+    b.add_argument("--cases", type=int, default=d.cases, help=f"synthetic chests in the bank (default {d.cases})")
+    b.add_argument("--patch", type=int, nargs="+", default=list(d.patch), help=f"patch, working voxels (default {d.patch[0]})")
+    b.add_argument("--batch", type=int, default=d.batch, help=f"batch size (default {d.batch})")
+    b.add_argument("--width", type=int, default=d.width, help=f"U-Net width (default {d.width})")
+    b.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr:g})")
+    b.add_argument("--seed", type=int, default=d.seed, help="seed of the bank and the sample stream (default 0)")
+    b.add_argument("--workers", type=int, default=d.workers, help=f"sample-painting processes (default {d.workers})")
+    b.add_argument("--bank-workers", type=int, default=d.bank_workers, help=f"chest-rendering processes (default {d.bank_workers})")
+    add_common(b)
+    b.set_defaults(func=run_build)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..cli import parse_patch, progress_mode
+    from ..heartmodel import run_build as build
+    from ..heartrecipe import HeartRecipe
+
+    recipe = HeartRecipe(cases=args.cases, steps=args.steps, patch=parse_patch(args.patch), batch=args.batch,
+                         width=args.width, lr=args.lr, seed=args.seed, workers=args.workers,
+                         bank_workers=args.bank_workers, device=args.device)
+    out = Path(args.out)
+    run = Path(args.run) if args.run else out.with_name(out.name.removesuffix(".safetensors") + "_run")
+    return build(recipe, out, run, progress=progress_mode(args), resume=args.resume)
 
 
 def describe(meta: dict) -> str:

@@ -18,7 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("input", metavar="INPUT", help="volume file (NIfTI/NRRD/MHA) or DICOM series folder")
     p.add_argument("output", metavar="OUTPUT", help="output .seg.nrrd, .nii.gz or .nrrd")
-    p.add_argument("--model", required=True, metavar="MODEL", help="model file, checkpoint, run folder or installed id")
+    p.add_argument("--model", default="gvsl-heart-ct", metavar="MODEL",
+                   help="model file, checkpoint, run folder or model id (default gvsl-heart-ct, the bundled heart model)")
     p.add_argument("--overlap", type=float, default=None, help="window overlap fraction (default 0.5; 0.25 with --fast)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation (average of 3 intensity variants; ~3x slower)")
     p.add_argument("--fast", action="store_true", help="lighter CPU setting: overlap 0.25, nearest-neighbour mapping back, no TTA")
@@ -26,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=int, nargs="+", default=None, help="window size in voxels (default: the model's training patch)")
     p.add_argument("--largest-component", action="store_true", help="keep only the largest connected piece of each label")
     p.add_argument("--no-modality-check", action="store_true", help="segment even when the input does not look like the model's modality")
-    p.add_argument("--no-amp", action="store_true", help="float32 on CUDA (default: bf16/fp16 autocast)")
+    p.add_argument("--no-amp", action="store_true", help="float32 throughout (default: bf16/fp16 autocast on CUDA and on CPUs with native bf16)")
     add_common(p)
     p.set_defaults(func=run)
 

@@ -1,0 +1,155 @@
+"""Plausibility of a heart segmentation on a real CT where no chamber labels exist.
+
+What a cardiologist checks at a glance, measured in physical space (LPS mm: +x patient left,
++y posterior, +z superior), so that a flipped or rotated file cannot fool it:
+
+- every one of the seven labels is present, in one main connected piece;
+- volumes are physiological (LV/RV blood pool 40-300 ml, atria 20-250 ml, LV myocardium 50-300 ml);
+- the layout: LV left of RV, LA the most posterior chamber, RA the rightmost, the aorta right of
+  the pulmonary trunk, the myocardium wrapping the LV blood pool;
+- the vessels hold contrast (mean HU of the AO and PA labels above that of the myocardium) when the
+  scan is contrast-enhanced;
+- nothing outside the mediastinum: no label voxel in aerated lung or in the chest wall;
+- against a whole-heart mask when one exists: Dice of the union of the five chamber labels.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from .labels import HEART_LABELS
+from .metrics import dice
+
+LV, RV, LA, RA, MYO, AO, PA = 1, 2, 3, 4, 5, 6, 7
+CHAMBERS = (LV, RV, LA, RA, MYO)
+VOLUME_RANGES_ML = {LV: (40.0, 300.0), RV: (40.0, 300.0), LA: (20.0, 250.0), RA: (20.0, 250.0), MYO: (50.0, 300.0)}
+
+
+@dataclass
+class HeartReport:
+    """The measurements and the pass/fail of each check (see the module docstring)."""
+
+    volumes_ml: dict[str, float] = field(default_factory=dict)
+    main_piece: dict[str, float] = field(default_factory=dict)  # fraction of each label in its largest piece
+    centroids_mm: dict[str, list[float]] = field(default_factory=dict)
+    checks: dict[str, bool] = field(default_factory=dict)
+    values: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> int:
+        return sum(self.checks.values())
+
+    def failed(self) -> list[str]:
+        return [k for k, ok in self.checks.items() if not ok]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"volumes_ml": self.volumes_ml, "main_piece": self.main_piece, "centroids_mm": self.centroids_mm,
+                "checks": self.checks, "values": self.values, "passed": self.passed, "total": len(self.checks)}
+
+
+def _physical(image: sitk.Image, index_zyx: np.ndarray) -> np.ndarray:
+    """Physical points (N, 3) x y z (mm, LPS) of (N, 3) z y x voxel indices."""
+    d = np.asarray(image.GetDirection()).reshape(3, 3)
+    ijk = index_zyx[:, ::-1] * np.asarray(image.GetSpacing())
+    return np.asarray(image.GetOrigin()) + ijk @ d.T
+
+
+def _name(value: int) -> str:
+    return HEART_LABELS.name_of(value)
+
+
+def check_heart(labels: sitk.Image, ct: sitk.Image, reference: sitk.Image | None = None,
+                contrast: bool | None = None) -> HeartReport:
+    """Measure a heart label map (values 1..7 of :data:`HEART_LABELS`) on the grid of ``ct``.
+
+    Args:
+        labels: the segmentation, on ``ct``'s grid.
+        ct: the CT in HU.
+        reference: a whole-heart mask on the same grid (non-zero = heart), if there is one.
+        contrast: whether the scan is contrast-enhanced; None: decided from the blood pool's HU.
+    """
+    lab = sitk.GetArrayViewFromImage(labels)
+    hu = sitk.GetArrayViewFromImage(ct).astype(np.float32)
+    voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
+    rep = HeartReport()
+    structure = ndimage.generate_binary_structure(3, 3)
+    present = {}
+    for v in range(1, 8):
+        mask = lab == v
+        n = int(mask.sum())
+        present[v] = n > 0
+        rep.volumes_ml[_name(v)] = round(n * voxel_ml, 1)
+        if n == 0:
+            rep.main_piece[_name(v)] = 0.0
+            continue
+        pieces, count = ndimage.label(mask, structure)
+        sizes = np.bincount(pieces.ravel())[1:]
+        rep.main_piece[_name(v)] = round(float(sizes.max() / n), 3)
+        rep.centroids_mm[_name(v)] = [round(float(c), 1) for c in _physical(ct, np.argwhere(mask)).mean(0)]
+        rep.values[f"mean_hu_{_name(v)}"] = round(float(hu[mask].mean()), 1)
+    rep.checks["all seven labels present"] = all(present.values())
+    rep.checks["each label in one main piece (>= 90 %)"] = all(f >= 0.9 for f in rep.main_piece.values())
+    for v, (lo, hi) in VOLUME_RANGES_ML.items():
+        rep.checks[f"{_name(v)} volume in {lo:.0f}-{hi:.0f} ml"] = lo <= rep.volumes_ml[_name(v)] <= hi
+    c = {v: np.asarray(rep.centroids_mm[_name(v)]) for v in range(1, 8) if present[v]}
+    x, y = 0, 1
+
+    def relation(name: str, ok) -> None:
+        rep.checks[name] = bool(ok()) if all(present[v] for v in (LV, RV, LA, RA, AO, PA)) else False
+
+    relation("LV left of RV", lambda: c[LV][x] > c[RV][x])
+    relation("LA the most posterior chamber", lambda: all(c[LA][y] > c[v][y] for v in (LV, RV, RA)))
+    relation("RA the rightmost chamber", lambda: all(c[RA][x] < c[v][x] for v in (LV, RV, LA)))
+    relation("aorta right of the pulmonary trunk", lambda: c[AO][x] < c[PA][x])
+    rep.values["myocardium around LV"] = round(_wrapping(lab == LV, lab == MYO), 3)
+    rep.checks["myocardium wraps the LV (>= 50 % of its surface)"] = rep.values["myocardium around LV"] >= 0.5
+    if contrast is None:
+        pool = hu[np.isin(lab, (LV, LA))]
+        contrast = bool(pool.size and np.median(pool) > 150.0)
+    rep.values["contrast"] = float(contrast)
+    if contrast:
+        myo_hu = rep.values.get(f"mean_hu_{_name(MYO)}", math.inf)
+        for v in (AO, PA):
+            rep.checks[f"{_name(v)} label holds contrast"] = rep.values.get(f"mean_hu_{_name(v)}", -math.inf) > myo_hu + 50.0
+    outside = _outside_mediastinum(lab > 0, hu, ct.GetSpacing())
+    rep.values["labelled voxels in lung or chest wall (%)"] = round(100.0 * outside, 2)
+    rep.checks["no labels in lung or chest wall (< 1 %)"] = outside < 0.01
+    if reference is not None:
+        ref = sitk.GetArrayViewFromImage(reference) > 0
+        union = np.isin(lab, CHAMBERS)
+        rep.values["whole-heart Dice"] = round(dice(union, ref), 4)
+        rep.values["whole-heart Dice (all 7 labels)"] = round(dice(lab > 0, ref), 4)
+        rep.values["reference ml"] = round(float(ref.sum()) * voxel_ml, 1)
+        rep.values["union of chambers ml"] = round(float(union.sum()) * voxel_ml, 1)
+    return rep
+
+
+def _wrapping(blood: np.ndarray, myo: np.ndarray) -> float:
+    """Fraction of the blood pool's outer surface (one voxel outside it) that is myocardium."""
+    if not blood.any():
+        return 0.0
+    shell = ndimage.binary_dilation(blood) & ~blood
+    return float(myo[shell].sum() / max(1, shell.sum()))
+
+
+def _outside_mediastinum(labelled: np.ndarray, hu: np.ndarray, spacing) -> float:
+    """Fraction of labelled voxels in aerated lung (HU < -500 after a 3 mm median) or within 15 mm
+    of the skin (the chest wall)."""
+    if not labelled.any():
+        return 0.0
+    smooth = ndimage.median_filter(hu, size=3)
+    lung = smooth < -500.0
+    sy, sx = float(spacing[1]), float(spacing[0])
+    bad = labelled & lung
+    for z in np.flatnonzero(labelled.any(axis=(1, 2))):
+        # Per axial slice: the airway and lungs are holes of the body outline there.
+        body = ndimage.binary_fill_holes(smooth[z] > -300.0)
+        depth = ndimage.distance_transform_edt(body, sampling=(sy, sx))
+        bad[z] |= labelled[z] & (depth < 15.0)
+    return float(bad.sum() / labelled.sum())
