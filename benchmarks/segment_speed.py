@@ -3,8 +3,10 @@ with the same network, preprocessing and output mapping run through MONAI's
 ``sliding_window_inference`` (Gaussian blending, same overlap and window batch).
 
 Each run is its own process; peak RAM is that process's maximum resident set size (``wait4``).
-Without ``--model`` a width-8 SegNet with random weights at the CTA's own 1.5 mm spacing and a 64^3
-window is used: the speed of a network does not depend on its weights. Example:
+The model is the shipped default heart model (gvsl-heart-ct) unless ``--model`` names another, or
+``--random`` asks for a SegNet with random weights (``--width``, ``--spacing``, ``--window``): the
+speed of a network does not depend on its weights. Both sides use the same precision (bf16
+autocast on CUDA and on CPUs with native bf16, float32 elsewhere) and the same post-processing.
 
     python benchmarks/segment_speed.py                 # CPU
     python benchmarks/segment_speed.py --device cuda   # on a GPU machine
@@ -54,6 +56,8 @@ def run_monai(ct: str, out: str, model: str, fast: bool, device: str, batch: int
     from gvslcore.io import read_image, write_image
     from gvslcore.segment import (
         InferenceSettings,
+        WindowPredictor,
+        keep_largest_components,
         labels_to_grid,
         load_segmenter,
         prepare_input,
@@ -65,19 +69,21 @@ def run_monai(ct: str, out: str, model: str, fast: bool, device: str, batch: int
     image = read_image(ct)
     array, resampled = prepare_input(image, seg, ct)
     x = torch.from_numpy(array)[None, None].to(dev)
-    use_amp = dev.type == "cuda"
+    autocast = WindowPredictor(seg.network, dev, 1, amp=settings.amp)._autocast  # the same precision as ours
 
     def predictor(w: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_amp):
+        with autocast():
             return seg.network(w).float().softmax(1)
 
     with torch.inference_mode():
         probs = sliding_window_inference(x, list(seg.window), batch or (4 if dev.type == "cuda" else 2), predictor,
                                          overlap=settings.overlap, mode="gaussian", sigma_scale=settings.sigma_scale)
     labels = probs[0].argmax(0).to(torch.uint8).cpu().numpy()
+    values = [v for v in seg.table.values if v < seg.num_classes]
+    if seg.metadata.get("inference", {}).get("largest_component"):
+        labels = keep_largest_components(labels, values)
     work = sitk.GetImageFromArray(labels)
     work.CopyInformation(resampled)
-    values = [v for v in seg.table.values if v < seg.num_classes]
     same = resampled.GetSize() == image.GetSize() and np.allclose(resampled.GetSpacing(), image.GetSpacing())
     out_img = work if same else labels_to_grid(work, image, values, smooth=settings.smooth_resample)
     out_img.CopyInformation(image)
@@ -108,7 +114,8 @@ def agreement(a: str, b: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ct", default=str(CTA), help="volume to segment (default: the shared chest CTA)")
-    p.add_argument("--model", help="a segmentation model (default: random width-8 SegNet, see above)")
+    p.add_argument("--model", default="gvsl-heart-ct", help="a segmentation model or id (default: the shipped gvsl-heart-ct)")
+    p.add_argument("--random", action="store_true", help="time a SegNet with random weights instead (--width --spacing --window)")
     p.add_argument("--width", type=int, default=8)
     p.add_argument("--spacing", type=float, default=1.5)
     p.add_argument("--window", type=int, default=64)
@@ -127,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     tmp = Path(tempfile.mkdtemp(prefix="gvsl_segspeed_"))
-    model = args.model or str(make_model(tmp / "model.safetensors", args.width, args.spacing, args.window))
+    from gvslcore.zoo import locate_model
+
+    model = str(make_model(tmp / "model.safetensors", args.width, args.spacing, args.window)) if args.random \
+        else str(locate_model(args.model))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     py = sys.executable
     batch = ["--batch", str(args.batch)] if args.batch else []

@@ -46,7 +46,8 @@ class InferenceSettings:
         window: window size (z, y, x) in voxels; None = the model's training patch.
         batch: windows per forward pass (None: 4 on CUDA, 2 on CPU).
         tta: average over intensity variants (gamma 0.8 / 1 / 1.25) of every window.
-        largest_component: keep only the largest connected piece of each label.
+        largest_component: keep only the largest connected piece of each label; None: as the model's
+            metadata recommends (``inference.largest_component``; the default heart model does).
         smooth_resample: map labels back to the input grid through linearly resampled one-hot
             masks (smooth boundaries when the model grid is coarser) instead of nearest neighbour.
         device: 'auto' | 'cpu' | 'cuda[:N]'.
@@ -59,7 +60,7 @@ class InferenceSettings:
     window: tuple[int, int, int] | None = None
     batch: int | None = None
     tta: bool = False
-    largest_component: bool = False
+    largest_component: bool | None = None
     smooth_resample: bool = True
     device: str = "auto"
     amp: bool = True
@@ -355,31 +356,69 @@ def keep_largest_components(labels: np.ndarray, values: Sequence[int] | None = N
     return out
 
 
+def _label_region(labels: sitk.Image, reference: sitk.Image) -> tuple[list[int], list[int]] | None:
+    """(index, size) of the part of ``reference``'s grid that the labelled voxels of ``labels`` (one
+    working voxel of margin) can reach; None when nothing is labelled."""
+    arr = sitk.GetArrayViewFromImage(labels)
+    where = np.argwhere(arr > 0)
+    if where.size == 0:
+        return None
+    lo = np.maximum(where.min(0) - 1, 0)[::-1]
+    hi = np.minimum(where.max(0) + 1, np.asarray(arr.shape) - 1)[::-1]  # x y z
+    corners = [labels.TransformContinuousIndexToPhysicalPoint([float(c) for c in (i, j, k)])
+               for i in (lo[0], hi[0]) for j in (lo[1], hi[1]) for k in (lo[2], hi[2])]
+    idx = np.array([reference.TransformPhysicalPointToContinuousIndex(c) for c in corners])
+    size = np.asarray(reference.GetSize())
+    start = np.clip(np.floor(idx.min(0)).astype(int) - 1, 0, size)
+    stop = np.clip(np.ceil(idx.max(0)).astype(int) + 2, 0, size)
+    if (stop <= start).any():
+        return None
+    return [int(v) for v in start], [int(v) for v in stop - start]
+
+
 def labels_to_grid(labels: sitk.Image, reference: sitk.Image, values: Sequence[int], smooth: bool = True) -> sitk.Image:
     """Map a label image onto ``reference``'s grid (exact geometry).
 
     ``smooth``: each label's mask is resampled linearly and each voxel takes the label with the
-    highest value (two float buffers of the reference size, whatever the label count); otherwise
-    nearest neighbour.
+    highest value (two float buffers of the labelled region, whatever the label count); otherwise
+    nearest neighbour. Only the region of the reference grid that the labels can reach is
+    resampled (the rest is background), so a large scan with a small heart maps back quickly.
     """
-    if not smooth:
-        out = sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-        return out
+    out = np.zeros(sitk.GetArrayViewFromImage(reference).shape, dtype=np.uint8)
+    region = _label_region(labels, reference)
+    if region is not None:
+        start, size = region
+        sub = sitk.Image(size, sitk.sitkUInt8)
+        sub.SetSpacing(reference.GetSpacing())
+        sub.SetDirection(reference.GetDirection())
+        sub.SetOrigin(reference.TransformIndexToPhysicalPoint(start))
+        if smooth:
+            mapped = _smooth_labels(labels, sub, values)
+        else:
+            mapped = sitk.GetArrayFromImage(sitk.Resample(labels, sub, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
+                                                          sitk.sitkUInt8))
+        z, y, x = start[2], start[1], start[0]
+        out[z : z + size[2], y : y + size[1], x : x + size[0]] = mapped
+    image = sitk.GetImageFromArray(out)
+    image.CopyInformation(reference)
+    return image
+
+
+def _smooth_labels(labels: sitk.Image, grid: sitk.Image, values: Sequence[int]) -> np.ndarray:
+    """Per-voxel label of the highest linearly resampled one-hot mask on ``grid``."""
     best = None
-    arg = np.zeros(sitk.GetArrayViewFromImage(reference).shape, dtype=np.uint8)
+    arg = np.zeros(sitk.GetArrayViewFromImage(grid).shape, dtype=np.uint8)
     for v in [0, *values]:
         mask = sitk.Cast(sitk.Equal(labels, int(v)), sitk.sitkFloat32)
         fill = 1.0 if v == 0 else 0.0  # outside the model grid: background
-        res = sitk.GetArrayFromImage(sitk.Resample(mask, reference, sitk.Transform(), sitk.sitkLinear, fill, sitk.sitkFloat32))
+        res = sitk.GetArrayFromImage(sitk.Resample(mask, grid, sitk.Transform(), sitk.sitkLinear, fill, sitk.sitkFloat32))
         if best is None:
             best = res
         else:
             better = res > best
             arg[better] = v
             np.maximum(best, res, out=best)
-    out = sitk.GetImageFromArray(arg)
-    out.CopyInformation(reference)
-    return out
+    return arg
 
 
 # -- memory --------------------------------------------------------------------------------------
@@ -478,7 +517,10 @@ def segment_image(
     labels_arr = sliding_window_labels(array, predictor, seg.num_classes, window, settings.overlap,
                                        sigma_scale=settings.sigma_scale, reporter=reporter)
     values = [v for v in seg.table.values if v < seg.num_classes]
-    if settings.largest_component:
+    largest = settings.largest_component
+    if largest is None:
+        largest = bool(seg.metadata.get("inference", {}).get("largest_component", False))
+    if largest:
         labels_arr = keep_largest_components(labels_arr, values)
     labels_work = sitk.GetImageFromArray(labels_arr)
     labels_work.CopyInformation(resampled)

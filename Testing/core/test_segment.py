@@ -388,3 +388,31 @@ def test_lps_models_see_every_file_the_same_way_round():
     # Without the orientation the flipped file is labelled the wrong way round: the test can fail.
     naive = sitk.GetArrayFromImage(segment(flipped, None))
     assert (naive == reference).mean() < 0.1
+
+
+def test_mapping_back_only_the_labelled_region_equals_mapping_the_whole_grid():
+    """labels_to_grid resamples just the part of the input grid the labels can reach: the result
+    must equal a resampling of the whole grid, smooth and nearest, on an oblique grid."""
+    from gvslcore.segment import labels_to_grid
+
+    reference = oblique_ball_image()
+    working = sitk.Resample(reference, [20, 18, 16], sitk.Transform(), sitk.sitkLinear, (-30.0, 5.0, -10.0),
+                            (3.0, 3.0, 3.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), -1000.0, sitk.sitkFloat32)
+    arr = np.zeros((16, 18, 20), dtype=np.uint8)
+    arr[5:11, 6:12, 7:14] = 1
+    arr[7:10, 8:11, 9:12] = 2
+    labels = sitk.GetImageFromArray(arr)
+    labels.CopyInformation(working)
+    for smooth in (True, False):
+        got = sitk.GetArrayFromImage(labels_to_grid(labels, reference, [1, 2], smooth=smooth))
+        if smooth:
+            stack = [sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(sitk.Equal(labels, v), sitk.sitkFloat32), reference,
+                                                          sitk.Transform(), sitk.sitkLinear, 1.0 if v == 0 else 0.0))
+                     for v in (0, 1, 2)]
+            expected = np.argmax(np.stack(stack), axis=0)
+        else:
+            expected = sitk.GetArrayFromImage(sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0))
+        assert got.any() and np.array_equal(got, expected), smooth
+    empty = sitk.GetImageFromArray(np.zeros_like(arr))
+    empty.CopyInformation(working)
+    assert not sitk.GetArrayFromImage(labels_to_grid(empty, reference, [1, 2])).any()

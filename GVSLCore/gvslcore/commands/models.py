@@ -62,6 +62,11 @@ def add_build_parser(msub: argparse._SubParsersAction) -> None:
     b.add_argument("--batch", type=int, default=d.batch, help=f"batch size (default {d.batch})")
     b.add_argument("--width", type=int, default=d.width, help=f"U-Net width (default {d.width})")
     b.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr:g})")
+    b.add_argument("--spacing", type=float, default=d.spacing, help=f"working grid of the model, mm (default {d.spacing:g})")
+    b.add_argument("--bank-spacing", type=float, default=d.bank_spacing,
+                   help=f"grid the synthetic chests are rendered on, mm (default {d.bank_spacing:g})")
+    b.add_argument("--val-cases", type=int, default=d.val_cases, help=f"bank cases held out for validation (default {d.val_cases})")
+    b.add_argument("--val-every", type=int, default=d.val_every, help=f"steps between validations (default {d.val_every})")
     b.add_argument("--seed", type=int, default=d.seed, help="seed of the bank and the sample stream (default 0)")
     b.add_argument("--workers", type=int, default=d.workers, help=f"sample-painting processes (default {d.workers})")
     b.add_argument("--bank-workers", type=int, default=d.bank_workers, help=f"chest-rendering processes (default {d.bank_workers})")
@@ -73,12 +78,16 @@ def run_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..cli import parse_patch, progress_mode
+    from ..errors import InputError
     from ..heartmodel import run_build as build
     from ..heartrecipe import HeartRecipe
 
+    if args.spacing <= 0 or args.bank_spacing <= 0:
+        raise InputError("--spacing and --bank-spacing must be positive (mm)")
     recipe = HeartRecipe(cases=args.cases, steps=args.steps, patch=parse_patch(args.patch), batch=args.batch,
                          width=args.width, lr=args.lr, seed=args.seed, workers=args.workers,
-                         bank_workers=args.bank_workers, device=args.device)
+                         bank_workers=args.bank_workers, device=args.device, spacing=args.spacing,
+                         bank_spacing=args.bank_spacing, val_cases=args.val_cases, val_every=args.val_every)
     out = Path(args.out)
     run = Path(args.run) if args.run else out.with_name(out.name.removesuffix(".safetensors") + "_run")
     return build(recipe, out, run, progress=progress_mode(args), resume=args.resume)

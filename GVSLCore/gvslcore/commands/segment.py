@@ -25,9 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fast", action="store_true", help="lighter CPU setting: overlap 0.25, nearest-neighbour mapping back, no TTA")
     p.add_argument("--batch", type=int, default=None, help="windows per forward pass (default 4 on CUDA, 2 on CPU)")
     p.add_argument("--window", type=int, nargs="+", default=None, help="window size in voxels (default: the model's training patch)")
-    p.add_argument("--largest-component", action="store_true", help="keep only the largest connected piece of each label")
+    p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep only the largest connected piece of each label (default: as the model recommends)")
     p.add_argument("--no-modality-check", action="store_true", help="segment even when the input does not look like the model's modality")
-    p.add_argument("--no-amp", action="store_true", help="float32 throughout (default: bf16/fp16 autocast on CUDA and on CPUs with native bf16)")
+    p.add_argument("--no-amp", action="store_true",
+                   help="float32 throughout (default: bf16/fp16 autocast on CUDA and on CPUs with native bf16)")
     add_common(p)
     p.set_defaults(func=run)
 

@@ -67,7 +67,7 @@ class ChestParams:
         bx, by = self.body_center
         wx = self.half_width + (70.0 if self.arms_down else 12.0)
         return (np.array([bx - wx, by - self.half_depth - 40.0, -165.0]),
-                np.array([bx + wx, by + self.half_depth + 18.0, 150.0]))
+                np.array([bx + wx, by + self.half_depth + 18.0, 190.0]))
 
 
 def sample_chest(seed: int) -> ChestParams:
@@ -296,6 +296,23 @@ class _Chest:
         table_y = by + p.half_depth + 6.0 + 0.0006 * (qx - bx) ** 2
         c.paint((qy > table_y) & (qy < table_y + 7.0) & (np.abs(qx - bx) < 230.0), T.TABLE)
 
+    def shoulders(self) -> None:
+        """Clavicles from the top of the sternum out to the shoulders, with the subclavian vessels under them."""
+        p, c = self.p, self.c
+        bx, by = p.body_center
+        z = self.arch_top + 25.0 + 10.0 * (p.seed % 4)
+        for side in (-1.0, 1.0):
+            path = bezier([(bx + side * 18.0, by - p.half_depth + p.fat_mm + 8.0, z),
+                           (bx + side * 0.45 * p.half_width, by - p.half_depth + p.fat_mm + 2.0, z + 8.0),
+                           (bx + side * 0.85 * p.half_width, by - 0.35 * p.half_depth, z + 22.0)], 8)
+            d = tube(self.q, path, 7.5)
+            inside = self.depth > 1.0
+            c.paint(inside & (d < 0), T.CORTEX)
+            c.paint(inside & (d < -2.0), T.MARROW)
+            under = path + np.array([0.0, 14.0, -10.0])
+            c.paint(inside & (tube(self.q, under, 5.0) < 0), T.SVC)
+            c.paint(inside & (tube(self.q, under + (0.0, 8.0, -4.0), 4.5) < 0), T.ARTERY)
+
     # -- vessels and airways ------------------------------------------------------------------------
     def great_vessels(self) -> None:
         """Centre lines (world mm) and distances of the aorta, caval veins, airway and esophagus."""
@@ -317,7 +334,7 @@ class _Chest:
         branches = [tube(q, bezier([arch[k], arch[k] + (dx, dy, 25.0), arch[k] + (1.5 * dx, dy, 80.0)], 4), r)
                     for k, dx, dy, r in ((2, -10.0, -8.0, 7.0), (4, 2.0, -2.0, 5.0), (6, 8.0, 4.0, 5.5))]
         self.d_branches = np.minimum.reduce(branches)
-        svc_top = np.array([w(lm["svc"])[0] - 4.0, w(lm["svc"])[1] - 6.0, 150.0])
+        svc_top = np.array([w(lm["svc"])[0] - 4.0, w(lm["svc"])[1] - 6.0, 200.0])
         svc_path = bezier([w(lm["svc"]), w(lm["svc"]) + (-3.0, -3.0, 30.0), svc_top], 6)
         self.d_svc = np.minimum(tube(q, svc_path, 9.5),
                                 tube(q, bezier([svc_path[4], (svc_path[4][0] + 45.0, svc_path[4][1] - 12.0, svc_path[4][2] + 12.0),
@@ -326,16 +343,17 @@ class _Chest:
         self.d_ivc = tube(q, ivc_path, 11.0)
         self.d_azygos = tube(q, bezier([(sx - 12.0, sy - 2.0, -170.0), (sx - 12.0, sy - 4.0, carina[2]),
                                         (svc_path[1][0], svc_path[1][1] + 10.0, carina[2] + 8.0), svc_path[1]], 6), 4.0)
-        trachea = np.array([(sx + 1.0, carina[1] - 4.0, 150.0), carina])
+        trachea = np.array([(sx + 1.0, carina[1] - 4.0, 200.0), carina])
         right_bronchus = bezier([carina, carina + (-20.0, 4.0, -10.0), carina + (-48.0, 14.0, -24.0)], 4)
         left_bronchus = bezier([carina, carina + (24.0, 4.0, -12.0), carina + (52.0, 16.0, -30.0)], 4)
         self.airway = [(trachea, 9.5), (right_bronchus, (7.0, 5.0)), (left_bronchus, (6.5, 4.5))]
         self.d_airway = np.minimum.reduce([tube(q, path, r) for path, r in self.airway])
-        eso = bezier([(sx + 3.0, spine_front - 6.0, 150.0), (sx + 8.0, spine_front - 8.0, 0.0),
+        eso = bezier([(sx + 3.0, spine_front - 6.0, 200.0), (sx + 8.0, spine_front - 8.0, 0.0),
                       (sx + 25.0, spine_front - 18.0, -120.0)], 6)
         self.d_eso = tube(q, eso, 7.5)
         self.hila = {side: carina + (side * 55.0, 16.0, -26.0) for side in (-1.0, 1.0)}
         self.calcium_paths = [arch, descending, bezier([w(lm["av"]), ao_top], 4)]
+        self.arch_top = float(arch_top)
 
     def pulmonary_vessels(self) -> None:
         """Pulmonary arteries beyond the labelled trunk and the pulmonary veins, out to the hila."""
@@ -374,6 +392,7 @@ class _Chest:
         support, ceiling = _diaphragm_height(envelope.reshape(shape), self.c.spacing, qz.reshape(shape))
         columns = (shape[0], shape[1] * shape[2])
         surface = np.minimum(np.maximum(dome.reshape(columns), support.reshape(1, -1)), ceiling.reshape(1, -1)).ravel()
+        self.diaphragm_depth = surface - qz  # mm below the diaphragm's upper surface
         return (qz < surface) & (self.heart_outer > self.fat_thickness + 2.0)
 
     def abdomen(self, below: np.ndarray) -> None:
@@ -382,6 +401,9 @@ class _Chest:
         bx, by = p.body_center
         abdomen = self.cavity & below & ~self.spine_region
         c.paint(abdomen, T.ABDOMEN)
+        # The diaphragm itself, a muscle sheet between the pericardium or lungs and the abdomen.
+        sheet = abdomen & (self.diaphragm_depth < 3.0 + 2.0 * (p.seed % 3))
+        abdomen = abdomen & ~sheet
         liver = abdomen & (qx - bx < p.liver_reach + 0.35 * (by - qy) - 0.25 * np.clip(self.dome_left - qz, 0, None))
         c.paint(liver, T.LIVER)
         sz = self.dome_left - 40.0
@@ -394,7 +416,8 @@ class _Chest:
         for side in (-1.0, 1.0):
             kidney = ellipsoid(self.q, (bx + side * 70.0, by + 0.55 * p.half_depth, self.dome_right - 115.0), (28.0, 22.0, 55.0)) < 0
             c.paint(abdomen & kidney, T.KIDNEY)
-        self.abdomen_mask = abdomen
+        c.paint(sheet, T.MUSCLE)
+        self.abdomen_mask = abdomen | sheet
 
     # -- lungs and mediastinum -----------------------------------------------------------------------
     def lungs(self, below: np.ndarray) -> None:
@@ -502,6 +525,7 @@ def render_chest(params: ChestParams, points: np.ndarray, shape: tuple[int, int,
     chest.ribs()
     chest.spine()
     chest.great_vessels()
+    chest.shoulders()
     chest.pulmonary_vessels()
     below = chest.diaphragm()
     chest.abdomen(below)
