@@ -19,13 +19,13 @@ class HeartRecipe:
     seed: int = 0
     width: int = 16
     spacing: float = 4.0      # working grid, mm
-    patch: tuple[int, int, int] = (56, 56, 56)  # 224 mm: the heart and its surroundings
+    patch: tuple[int, int, int] = (48, 48, 48)  # 192 mm: the heart and its surroundings
     batch: int = 1
     steps: int = 8000
     lr: float = 2e-3
     foreground: float = 0.7
     val_views: int = 16
-    val_every: int = 1000
+    val_every: int = 500
     checkpoint_every: int = 100
     keep: int = 3
     log_every: int = 10

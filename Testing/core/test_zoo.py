@@ -90,9 +90,11 @@ def test_the_shipped_catalog_is_valid(monkeypatch):
     assert entries, "Resources/Models.json lists no model"
     for e in entries:
         assert all(k in e for k in REQUIRED_FIELDS)
-        assert e.get("download", "direct") in ("direct", "manual")
+        assert e.get("download", "direct") in ("direct", "manual", "bundled")
         if e.get("download", "direct") == "direct":
             assert len(e["sha256"]) == 64 and e["url"].startswith("https://")
+        if e.get("download") == "bundled":
+            assert len(e["sha256"]) == 64 and (REPO / "Resources" / e["path"]).is_file()
     assert load_catalog(REPO / "Resources" / "Models.json") == entries
 
 
