@@ -13,6 +13,7 @@ module base classes. :class:`MRMLApp` sets those up in the small, honest way tha
   qSlicerSegmentationsReader -> LoadSegmentationFromFile, qSlicerTransformsReader -> AddTransform)
   and writes them with each node's default storage node, as qSlicerCoreIOManager::exportNodes does;
 - the terminology lists come from the ``trame-slicer`` wheel, which ships Slicer's lists;
+- subject hierarchy items are created for added nodes, as qSlicerSubjectHierarchyPluginLogic (Qt) does;
 - ``qt`` and ``slicer.ScriptedLoadableModule`` are stand-ins: the module Logic classes only inherit
   from the base classes and never touch Qt in the code these tests run.
 
@@ -315,8 +316,23 @@ class MRMLApp:
             self.slice_logics.append(logic)
         return self.slice_logics
 
+    def _add_subject_hierarchy_item(self, caller: Any, event: Any, node: Any) -> None:
+        """What qSlicerSubjectHierarchyPluginLogic (Qt) does for every node added: a subject hierarchy item."""
+        sh = self.slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
+        if node.IsA("vtkMRMLDisplayableNode") and not node.GetHideFromEditors() and not sh.GetItemByDataNode(node):
+            sh.CreateItem(sh.GetSceneItemID(), node)
+
     def install(self) -> None:
+        import vtk
+
         slicer = self.slicer
+        if not hasattr(self, "_sh_observer"):
+            @vtk.calldata_type(vtk.VTK_OBJECT)
+            def callback(caller: Any, event: Any, node: Any) -> None:
+                self._add_subject_hierarchy_item(caller, event, node)
+
+            self._sh_callback = callback
+            self._sh_observer = self.scene.AddObserver(self.scene.NodeAddedEvent, callback)
         slicer.mrmlScene = self.scene
         slicer.app = _App(self)
         modules = types.SimpleNamespace()
