@@ -7,6 +7,8 @@ BIN    := $(VENV)/bin
 # The CPU build of torch on this machine; users with a GPU install their own torch (pyproject: torch>=2.1).
 TORCH  ?= torch==2.13.0
 DEMO_OUT ?= demo_out
+SLICER_CORE  ?= slicer-core~=5.13.0
+TRAME_SLICER ?= trame-slicer==2.0.0
 
 .PHONY: venv demo test lint clean
 
@@ -16,6 +18,10 @@ $(VENV)/.installed: GVSLCore/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e "GVSLCore[test]"
+	@# Slicer's MRML core for the MRML tests (Testing/slicer/test_mrml_*.py): wheels for Python 3.11 only;
+	@# trame-slicer only for the terminology lists it ships (no dependencies). Elsewhere those tests skip.
+	-$(BIN)/python -m pip install -q "$(SLICER_CORE)" && $(BIN)/python -m pip install -q --no-deps "$(TRAME_SLICER)" \
+		|| echo "slicer-core is not available for this Python: the MRML tests will be skipped"
 	touch $@
 
 demo: venv

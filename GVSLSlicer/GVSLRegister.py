@@ -259,7 +259,7 @@ class GVSLRegisterLogic(ScriptedLoadableModuleLogic):
             slicerglue.export_volume(fixed, job.folder / "fixed.nrrd")
             slicerglue.export_volume(moving, job.folder / "moving.nrrd")
             if movingSegmentation is not None:
-                slicerglue.export_volume(movingSegmentation, job.folder / movingLabels)
+                slicerglue.export_segmentation(movingSegmentation, moving, job.folder / movingLabels)
             return []
 
         return slicerglue.start_gvsl_job(
@@ -280,6 +280,11 @@ class GVSLRegisterLogic(ScriptedLoadableModuleLogic):
         if not displacement.is_file():
             raise RuntimeError(f"the registration finished without writing {displacement}")
         transform = slicer.util.loadTransform(str(displacement))
+        # Slicer interpolates a grid transform with cubic splines by default; gvsl (ITK) warped the moving
+        # volume and the labels and measured the metrics with the field interpolated linearly: use that.
+        grid = transform.GetTransformFromParent()
+        if hasattr(grid, "SetInterpolationModeToLinear"):
+            grid.SetInterpolationModeToLinear()
         transform.SetName(slicer.mrmlScene.GenerateUniqueName(f"{moving.GetName()} to {fixed.GetName()} (GVSL)"))
         # The field maps fixed points to moving points (ITK's resampling transform): as the moving
         # volume's parent it brings the moving volume onto the fixed one.

@@ -87,6 +87,23 @@ def export_volume(volumeNode: Any, path: str | os.PathLike) -> None:
         raise RuntimeError(f"could not write {volumeNode.GetName()} to {path}")
 
 
+def export_segmentation(segmentationNode: Any, referenceVolume: Any, path: str | os.PathLike) -> None:
+    """Write a segmentation as ``.seg.nrrd`` on the grid of ``referenceVolume`` (gvsl takes labels on
+    the image's grid only).
+
+    Slicer's segmentation writer saves the extent of the segments' content, unless the segmentation
+    has a reference geometry: a segmentation loaded from a file would come out on a cropped grid that
+    gvsl rejects. A temporary copy gets the volume's geometry; the node in the scene is unchanged.
+    """
+    copy = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "__gvsl_export__")
+    try:
+        copy.GetSegmentation().DeepCopy(segmentationNode.GetSegmentation())
+        copy.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolume)
+        export_volume(copy, path)
+    finally:
+        slicer.mrmlScene.RemoveNode(copy)
+
+
 def load_ui(moduleWidget: Any, name: str) -> tuple[Any, Any]:
     """Load ``Resources/UI/<name>.ui`` into a module panel; returns (widget, ui namespace)."""
     uiWidget = slicer.util.loadUI(resource_path("UI", f"{name}.ui"))

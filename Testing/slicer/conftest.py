@@ -34,3 +34,12 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "gvsl_home"
     monkeypatch.setenv("GVSL_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def mrml(tmp_path_factory: pytest.TempPathFactory):
+    """A real MRML scene with Slicer's module logics (PyPI slicer-core), installed as slicer.mrmlScene,
+    slicer.app and slicer.modules; the tests skip when slicer-core is not installed."""
+    import mrml_app
+
+    yield from mrml_app.session(tmp_path_factory.mktemp("mrml"))
