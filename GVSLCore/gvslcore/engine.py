@@ -18,7 +18,9 @@ import json
 import logging
 import os
 import signal
+import socket
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ import torch
 
 from .atomic import atomic_path, ensure_writable_dir, write_json
 from .bundle import latest_checkpoint, load_checkpoint
-from .errors import InputError
+from .errors import InputError, OutputError
 from .events import Reporter
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -143,36 +145,56 @@ class TrainingRun:
             return False
         if exc_type is SystemExit:
             return False
-        message = str(exc) if exc_type is InputError else f"{exc_type.__name__}: {exc}"
-        self.write_status("failed", message=message, **({"bad_input": True} if exc_type is InputError else {}))
+        bad_input = issubclass(exc_type, InputError)
+        message = str(exc) if bad_input else f"{exc_type.__name__}: {exc}"
+        self._write_final_status("failed", message=message, **({"bad_input": True} if bad_input else {}))
         if self.reporter is not None:
             self.reporter.error(message)
         self.logger.error("run failed: %s", message)
         return False
 
+    def _write_final_status(self, status: str, **extra: Any) -> None:
+        """The last status of a run, written even on a full disk: atomically when it can be, else
+        over the old status.json in place (its blocks are already allocated). A run whose status
+        cannot be written at all still reads as ``interrupted`` (:func:`read_status`: dead pid)."""
+        try:
+            self.write_status(status, **extra)
+            return
+        except (OSError, InputError) as exc:
+            self.logger.warning("cannot write status.json atomically (%s); overwriting it in place", exc)
+        path = self.dir / "status.json"
+        text = json.dumps(self._status(status, **extra)) + "\n"
+        try:
+            with open(path, "r+" if path.exists() else "w", encoding="utf-8") as f:
+                f.write(text)
+                f.truncate()
+        except OSError as exc:
+            self.logger.error("cannot write %s (%s)", path, exc.strerror or exc)
+
     def _setup_log(self) -> None:
-        handler = logging.FileHandler(self.dir / "log.txt", encoding="utf-8")
+        handler = _QuietFileHandler(self.dir / "log.txt", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         root = logging.getLogger("gvsl")
         root.setLevel(logging.INFO)
         root.addHandler(handler)
         self._log_handler = handler
 
+    def _status(self, status: str, **extra: Any) -> dict[str, Any]:
+        return {
+            "status": status,
+            "command": self.command,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "step": self.step,
+            "total": self.total_steps,
+            "updated": time.time(),
+            **extra,
+        }
+
     def write_status(self, status: str, **extra: Any) -> None:
         if not self.is_main:
             return
-        write_json(
-            self.dir / "status.json",
-            {
-                "status": status,
-                "command": self.command,
-                "pid": os.getpid(),
-                "step": self.step,
-                "total": self.total_steps,
-                "updated": time.time(),
-                **extra,
-            },
-        )
+        write_json(self.dir / "status.json", self._status(status, **extra))
 
     # -- checkpoints ---------------------------------------------------------------------------
     def load_latest(self, device: torch.device | str = "cpu") -> dict[str, Any] | None:
@@ -193,7 +215,7 @@ class TrainingRun:
         if not self.is_main:
             return None
         path = self.dir / "checkpoints" / f"step_{step:06d}.pt"
-        with atomic_path(path) as tmp:
+        with atomic_path(path, verify=lambda tmp: _verify_checkpoint(tmp, path)) as tmp:
             torch.save({"step": step, **payload}, tmp)
         for old in sorted(self.dir.glob("checkpoints/step_*.pt"))[: -self.keep]:
             old.unlink(missing_ok=True)
@@ -214,6 +236,25 @@ class TrainingRun:
         self.reporter.done(outputs)
         self.logger.info("done at step %d", self.step)
         return 0
+
+
+class _QuietFileHandler(logging.FileHandler):
+    """log.txt on a full disk: the line is lost, not printed to stderr as a logging traceback."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging API
+        pass
+
+
+def _verify_checkpoint(tmp: Path, path: Path) -> None:
+    """A checkpoint file is a zip archive (torch.save): every member must be there with its CRC."""
+    try:
+        with zipfile.ZipFile(tmp) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        bad = f"not a complete archive ({exc})"
+    if bad:
+        raise OutputError(f"writing checkpoint {path} failed: {bad} is damaged; "
+                          "free disk space and --resume the run")
 
 
 def read_status(run_dir: str | os.PathLike) -> dict[str, Any]:
