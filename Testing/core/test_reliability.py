@@ -17,7 +17,7 @@ import torch
 from gvslcore import engine
 from gvslcore.atomic import write_json, write_text
 from gvslcore.cli import main
-from gvslcore.errors import OutputError
+from gvslcore.errors import InputError, OutputError
 from gvslcore.io import read_image, write_image
 
 
@@ -96,8 +96,8 @@ def _run(tmp_path: Path) -> engine.TrainingRun:
 
 
 def test_a_failed_checkpoint_write_marks_the_run_failed(tmp_path, monkeypatch):
-    def broken_save(obj, f, *a, **k):
-        Path(f).write_bytes(b"PK\x03\x04 not a whole archive")
+    def broken_save(obj, f, *a, **k):  # writes a stub and reports success, as on a full disk
+        f.write(b"PK\x03\x04 not a whole archive")
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OutputError, match="writing checkpoint .*step_000003.pt failed"):
@@ -127,3 +127,100 @@ def test_cli_full_disk_is_one_line(small_disk, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("\n") == 1 and "r.json" in err
     assert _left_over(small_disk) == ["filler"]
+
+
+# -- 3. run folders ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("volumes")
+    for i, shape in enumerate([(20, 24, 28), (24, 24, 24)]):
+        image = sitk.GetImageFromArray((np.random.default_rng(i).normal(size=shape) * 400.0).astype(np.float32))
+        image.SetSpacing((2.0, 2.0, 2.0))
+        sitk.WriteImage(image, str(folder / f"vol{i}.nii.gz"))
+    return folder
+
+
+def pretrain(data: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    return ["pretrain", "--data", str(data), "--out", str(out), "--steps", str(steps), "--patch", "16", "--width", "4",
+            "--spacing", "2", "2", "2", "--log-every", "1", "--checkpoint-every", "2", "--progress", "none",
+            "--device", "cpu", *extra]
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    return err
+
+
+def test_a_second_run_on_a_locked_folder_is_refused(tmp_path, volumes, capsys):
+    run = tmp_path / "run"
+    assert main(pretrain(volumes, run, 2)) == 0
+    capsys.readouterr()
+    lock = engine.RunLock(run)
+    lock.acquire()  # another process training in this folder
+    try:
+        assert main(pretrain(volumes, run, 4, "--resume")) == 2
+        assert "in use by another gvsl run" in _one_line(capsys)
+    finally:
+        lock.release()
+    assert engine.read_status(run)["status"] == "done"  # the refused run wrote nothing
+    assert main(pretrain(volumes, run, 4, "--resume")) == 0
+
+
+def test_the_lock_goes_with_the_process(tmp_path):
+    import sys
+
+    code = ("import sys, time; from gvslcore.engine import RunLock; "
+            "lock = RunLock(sys.argv[1]); lock.acquire(); print('locked', flush=True); time.sleep(60)")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(InputError, match=f"pid {proc.pid}"):
+            engine.RunLock(tmp_path).acquire()
+    finally:
+        proc.kill()
+        proc.wait()
+    lock = engine.RunLock(tmp_path)
+    lock.acquire()  # SIGKILL released it: no stale lock
+    lock.release()
+
+
+def test_resume_refuses_changed_settings_and_names_them(tmp_path, volumes, capsys):
+    run = tmp_path / "run"
+    assert main(pretrain(volumes, run, 2)) == 0
+    capsys.readouterr()
+    argv = pretrain(volumes, run, 4, "--resume")
+    argv[argv.index("--width") + 1] = "8"
+    argv[argv.index("--patch") + 1] = "24"
+    assert main(argv) == 2
+    err = _one_line(capsys)
+    assert "--width 4 -> 8" in err and "--patch 16 16 16 -> 24 24 24" in err and "--steps" in err and "--lr" in err
+    assert engine.read_status(run)["status"] == "done"
+    # what may change does: more steps and a new learning rate
+    assert main(pretrain(volumes, run, 4, "--resume", "--lr", "2e-4")) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["steps"] == 4 and config["lr"] == 2e-4 and config["width"] == 4
+    payload = torch.load(run / "checkpoints" / "step_000004.pt", weights_only=True)
+    assert payload["optimizer"]["param_groups"][0]["lr"] == 2e-4
+
+
+def test_resume_falls_back_to_the_newest_readable_checkpoint(tmp_path, volumes):
+    run = tmp_path / "run"
+    assert main(pretrain(volumes, run, 4)) == 0
+    last = run / "checkpoints" / "step_000004.pt"
+    last.write_bytes(last.read_bytes()[:1000])  # a crash while writing, on a filesystem without rename
+    assert main(pretrain(volumes, run, 6, "--resume")) == 0
+    assert (run / "checkpoints" / "step_000004.pt.damaged").exists()
+    starts = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in starts if e["event"] == "start"] == [0, 2]
+    assert torch.load(run / "checkpoints" / "step_000006.pt", weights_only=True)["step"] == 6
+
+
+def test_running_with_a_dead_pid_reads_as_interrupted(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (tmp_path / "status.json").write_text(json.dumps({"status": "running", "pid": dead.pid}))
+    assert engine.read_status(tmp_path)["status"] == "interrupted"
+    (tmp_path / "status.json").write_text(json.dumps({"status": "running", "pid": __import__("os").getpid()}))
+    assert engine.read_status(tmp_path)["status"] == "running"
