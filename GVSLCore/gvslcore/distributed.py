@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from .bundle import latest_checkpoint, load_checkpoint
+from .bundle import load_checkpoint
 from .engine import EXIT_CODES, StopFlag, read_status, resolve_device
 from .errors import InputError
 
@@ -287,8 +287,8 @@ def load_latest_together(run: TrainingRun, ctx: DistContext) -> dict[str, Any] |
         return run.load_latest(ctx.device)
     name = None
     if ctx.is_main and run.resume:
-        ckpt = latest_checkpoint(run.dir)
-        name = str(ckpt) if ckpt is not None else None
+        found = run.newest_readable_checkpoint("cpu")  # a damaged newest one is set aside
+        name = str(found[0]) if found is not None else None
     name = broadcast_object(name, ctx)
     if name is None:
         return None

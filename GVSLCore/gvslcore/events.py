@@ -11,6 +11,7 @@ Logs go to stderr. The Slicer modules read only this protocol.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -71,8 +72,14 @@ class Reporter:
             self.stream.write(line)
             self.stream.flush()
         if self._file is not None:
-            self._file.write(line)
-            self._file.flush()
+            try:
+                self._file.write(line)
+                self._file.flush()
+            except OSError as exc:  # a full disk: say so once, keep the run (its checkpoint write will tell)
+                log(f"warning: cannot append to {self._file.name} ({exc.strerror or exc}); events go to the display only")
+                with contextlib.suppress(OSError):
+                    self._file.close()
+                self._file = None
 
     def start(self, command: str, total: int, *, step: int = 0, **fields: Any) -> None:
         self._total = int(total)
@@ -127,7 +134,8 @@ class Reporter:
 
     def close_file(self) -> None:
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):
+                self._file.close()
             self._file = None
 
 

@@ -14,7 +14,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_path
-from .errors import InputError
+from .errors import InputError, OutputError
+from .filecheck import image_file_problem
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".seg.nrrd")
 WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".seg.nrrd")
@@ -124,8 +125,29 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
     path = Path(path)
     if not _has_suffix(path, WRITE_SUFFIXES):
         raise InputError(f"cannot write {path}: use a .nii.gz, .nii, .nrrd or .mha file name")
-    with atomic_path(path) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=compress)
+
+    def verify(tmp: Path) -> None:
+        # ITK's NIfTI writer does not raise on a full disk (it prints "wrote only N of M bytes"):
+        # the file must hold what its header promises and read back with the image's size.
+        problem = image_file_problem(tmp)
+        if problem is None:
+            try:
+                reader = sitk.ImageFileReader()
+                reader.SetFileName(str(tmp))
+                reader.ReadImageInformation()
+                if tuple(reader.GetSize()) != tuple(image.GetSize()):
+                    problem = f"it reads back with size {reader.GetSize()}, not {image.GetSize()}"
+            except RuntimeError:
+                problem = "it does not read back"
+        if problem:
+            raise OutputError(f"writing {path} failed: {problem}; free disk space or choose another location")
+
+    with atomic_path(path, verify=verify) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), useCompression=compress)
+        except RuntimeError:
+            raise OutputError(f"writing {path} failed: the image writer reported an error (a full disk?); "
+                              "free disk space or choose another location") from None
     return path
 
 

@@ -42,7 +42,7 @@ from .distributed import (
     wrap_model,
     write_debug_digest,
 )
-from .engine import TrainingRun, rng_state, set_rng_state
+from .engine import TrainingRun, check_run_folder, rng_state, set_rng_state
 from .errors import InputError
 from .events import log
 from .losses import local_ncc_loss, restoration_loss, smoothness_loss
@@ -163,11 +163,7 @@ def check_inputs(cfg: PretrainConfig, resume: bool, check_folder: bool = False) 
         raise InputError("--steps must be at least 1")
     if not check_folder:
         return paths
-    has_run = Path(cfg.out, "config.json").exists()
-    if has_run and not resume:
-        raise InputError(f"{cfg.out} already holds a run; add --resume to continue it or choose a new --out folder")
-    if resume and not has_run:
-        raise InputError(f"--resume: {cfg.out} holds no run to continue; drop --resume to start one")
+    check_run_folder(cfg.out, resume)
     return paths
 
 
@@ -196,6 +192,8 @@ def _train(cfg: PretrainConfig, ctx: DistContext, paths: list[Path], progress: s
         if state is not None:
             net.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
+            for group in optimizer.param_groups:  # --lr may change on resume: the new one applies
+                group["lr"] = cfg.lr
             set_rng_state(state["rng"], device)
             start = int(state["step"])
         run.reporter.start("pretrain", cfg.steps, step=start, world_size=ctx.world_size)

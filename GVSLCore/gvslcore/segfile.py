@@ -17,7 +17,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_path
-from .errors import InputError
+from .errors import InputError, OutputError
+from .filecheck import image_file_problem
 from .geometry import index_to_physical_matrix
 from .io import write_image
 from .labels import Code, LabelInfo, LabelTable
@@ -99,7 +100,12 @@ def write_seg_nrrd(labels: sitk.Image, path: str | os.PathLike, table: LabelTabl
         "referenceImageExtentOffset": [0, 0, 0],
         "segments": segments,
     }
-    with atomic_path(path) as tmp:
+    def verify(tmp: Path) -> None:
+        problem = image_file_problem(tmp)
+        if problem:
+            raise OutputError(f"writing {path} failed: {problem}; free disk space or choose another location")
+
+    with atomic_path(path, verify=verify) as tmp:
         slicerio.write_segmentation(str(tmp), segmentation, compression_level=compression_level)
     return path
 

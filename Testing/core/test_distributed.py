@@ -107,8 +107,9 @@ def test_helpers_with_a_real_one_rank_gloo_group(tmp_path):
 
 
 def test_nproc_bad_input_is_one_line_before_any_worker_starts(tmp_path, volume_dir, capsys):
-    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "checkpoints").mkdir(parents=True)
     (tmp_path / "r" / "config.json").write_text("{}")
+    (tmp_path / "r" / "checkpoints" / "step_000001.pt").write_bytes(b"")  # a started run
     code = main(["pretrain", "--data", str(volume_dir), "--out", str(tmp_path / "r"), "--nproc", "2", "--progress", "none"])
     err = capsys.readouterr().err
     assert code == 2 and "--resume" in err and err.count("\n") == 1

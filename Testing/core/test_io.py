@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from gvslcore.errors import InputError
+from gvslcore.errors import InputError, OutputError
 from gvslcore.io import (
     normalize_ct,
     normalize_mr,
@@ -110,7 +110,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, oblique_image, monkeyp
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(sitk, "WriteImage", broken)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(OutputError, match="out.nii.gz failed"):  # one line for the CLI, not a traceback
         write_image(oblique_image, target)
     assert target.read_bytes() == before  # old content intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.nii.gz"]  # no temporary left

@@ -118,8 +118,9 @@ def test_bad_input(tmp_path, volume_dir, capsys):
     empty.mkdir()
     assert main(args(empty, tmp_path / "r2", 2)) == 2
     assert "holds no" in capsys.readouterr().err
-    (tmp_path / "r3").mkdir()
+    (tmp_path / "r3" / "checkpoints").mkdir(parents=True)
     (tmp_path / "r3" / "config.json").write_text("{}")
+    (tmp_path / "r3" / "checkpoints" / "step_000001.pt").write_bytes(b"")  # a started run
     assert main(args(volume_dir, tmp_path / "r3", 2)) == 2
     assert "--resume" in capsys.readouterr().err
     # a volume smaller than the patch is padded, not an error
