@@ -12,7 +12,7 @@ import torch
 
 from gvslcore.bundle import default_metadata, save_model
 from gvslcore.cli import main
-from gvslcore.errors import InputError
+from gvslcore.errors import InputError, OutputError
 from gvslcore.labels import HEART_LABELS, LabelTable
 from gvslcore.nets import SegNet
 from gvslcore.segment import (
@@ -284,7 +284,7 @@ def test_interrupted_write_leaves_nothing(tmp_path, tiny_model, monkeypatch):
     sitk.WriteImage(image, str(tmp_path / "ct.nii.gz"))
     from gvslcore.segment import segment_file
 
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="disk full"):
         segment_file(tmp_path / "ct.nii.gz", tmp_path / "out.seg.nrrd", tiny_model, InferenceSettings(device="cpu"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz"]
 
