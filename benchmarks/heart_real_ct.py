@@ -35,6 +35,7 @@ def frontal_view(ct, labels, out: Path, title: str) -> Path:
 
     from gvslcore.io import resample_to_lps_grid
     from gvslcore.labels import HEART_LABELS
+    from gvslcore.report import label_colors
 
     spacing = [1.5, 1.5, 1.5]
     img = sitk.GetArrayFromImage(resample_to_lps_grid(ct, spacing, default_value=-1024.0))  # (S, P, L)
@@ -45,7 +46,8 @@ def frontal_view(ct, labels, out: Path, title: str) -> Path:
     zz, xx = np.nonzero(first >= 0)
     value = lab[zz, first[zz, xx], xx]
     colors = np.zeros((*first.shape, 4))
-    table = {lab_.value: lab_.color for lab_ in HEART_LABELS}
+    # The overlay's palette: Slicer's recommended heart colours are seven shades of red, unreadable here.
+    table = label_colors(HEART_LABELS, sorted(set(np.unique(lab).tolist()) - {0}), distinct=True)
     depth = first[zz, xx].astype(float)
     shade = 1.0 - 0.6 * (depth - depth.min()) / max(1.0, np.ptp(depth)) if depth.size else depth
     for v, c in table.items():

@@ -30,7 +30,8 @@ def _oriented(image: sitk.Image) -> sitk.Image:
     return sitk.DICOMOrient(image, "LPS")
 
 
-def _colors(table: LabelTable | None, values: Sequence[int], distinct: bool) -> dict[int, tuple[float, float, float]]:
+def label_colors(table: LabelTable | None, values: Sequence[int], distinct: bool) -> dict[int, tuple[float, float, float]]:
+    """RGB in [0, 1] per label value: the table's colours, or (``distinct``) tab10 in the order of ``values``."""
     import matplotlib
 
     cmap = matplotlib.colormaps["tab10" if distinct else "tab20"]
@@ -120,7 +121,7 @@ def overlay_png(
     lo, hi = _window(np.asarray(arr), window)
 
     values = sorted(set(np.unique(lab).tolist()) - {0}) if lab is not None else []
-    colors = _colors(label_table, values, distinct_colors)
+    colors = label_colors(label_table, values, distinct_colors)
     lut = np.zeros((max(values, default=0) + 1, 4), dtype=np.float32)
     for v, c in colors.items():
         lut[v] = (*c, alpha)
