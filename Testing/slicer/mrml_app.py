@@ -375,23 +375,37 @@ def write_color_files(home: Path) -> None:
     (folder / "DivergingBlueRed.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+class Unavailable(RuntimeError):
+    """slicer-core or the terminology lists are missing; the message says what to install."""
+
+
+def open_app(home: Path) -> tuple[MRMLApp, list[str]]:
+    """An installed :class:`MRMLApp` with Slicer's home (colour files) in ``home``, and the names of the
+    module stand-ins it put in sys.modules; raises :class:`Unavailable` when slicer-core is missing."""
+    slicer = import_slicer_core()
+    if slicer is None:
+        raise Unavailable(SKIP_REASON)
+    terminologies = terminology_dir()
+    if terminologies is None:
+        raise Unavailable("trame-slicer (which ships Slicer's terminology lists) is not installed: `make venv` "
+                          "installs it with slicer-core")
+    write_color_files(home)
+    added = install_module_stand_ins()
+    app = MRMLApp(slicer, terminologies, home)
+    app.install()
+    return app, added
+
+
 def session(tmp: Path) -> Any:
     """Generator for a session fixture: yields an installed :class:`MRMLApp`, or skips the tests."""
     import pytest
 
-    slicer = import_slicer_core()
-    if slicer is None:
-        pytest.skip(SKIP_REASON)
-    terminologies = terminology_dir()
-    if terminologies is None:
-        pytest.skip("trame-slicer (which ships Slicer's terminology lists) is not installed: `make venv` installs it "
-                    "with slicer-core")
-    write_color_files(tmp / "slicer_home")
     saved_env = {k: os.environ.get(k) for k in ("GVSL_HOME",)}
+    try:
+        app, added = open_app(tmp / "slicer_home")
+    except Unavailable as missing:
+        pytest.skip(str(missing))
     os.environ["GVSL_HOME"] = str(tmp / "gvsl_home")
-    added = install_module_stand_ins()
-    app = MRMLApp(slicer, terminologies, tmp / "slicer_home")
-    app.install()
     try:
         yield app
     finally:
