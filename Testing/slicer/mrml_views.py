@@ -70,8 +70,8 @@ def offscreen_problem(timeout_s: float = 60.0) -> str | None:
     """
     prefer_egl()
     try:
-        done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=timeout_s,
-                              env=dict(os.environ))
+        done = subprocess.run([sys.executable, "-c", _PROBE], check=False, capture_output=True, text=True,
+                              timeout=timeout_s, env=dict(os.environ))
     except subprocess.TimeoutExpired:
         return f"an offscreen VTK render did not finish within {timeout_s:.0f} s"
     words = done.stdout.split(None, 1)
@@ -206,7 +206,7 @@ class SliceView:
         """
         xy_to_ras = np.array([[self.node.GetXYToRAS().GetElement(i, j) for j in range(4)] for i in range(4)])
         x, y, _, _ = np.linalg.solve(xy_to_ras, np.append(np.asarray(ras, float), 1.0))
-        return int(round(self.size[1] - 1 - y)), int(round(x))
+        return round(self.size[1] - 1 - y), round(x)
 
 
 class ThreeDView:

@@ -32,12 +32,12 @@ def oblique_direction() -> tuple[float, ...]:
 def shown(mrml, tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The phantom and its labels in the scene, as GVSL Segment's Logic leaves them after a run."""
     import GVSLSegment
-    import mrml_views
     import slicer
-
     from gvslcore.labels import HEART_LABELS
     from gvslcore.phantom import make_phantom
     from gvslcore.segfile import write_labels
+
+    import mrml_views
 
     problem = mrml_views.offscreen_problem()
     if problem is not None:
