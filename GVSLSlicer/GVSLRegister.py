@@ -355,7 +355,6 @@ class GVSLRegisterLogic(ScriptedLoadableModuleLogic):
         if fixed is None or moving is None:
             raise RuntimeError("the fixed or moving volume of this result is no longer in the scene")
         jacobian = self._node(transform, ATTR_JACOBIAN)
-        self._setLegendVisible(jacobian, mode == "jacobian")
         if mode == "jacobian":
             if jacobian is None:
                 raise RuntimeError("this result has no Jacobian volume")
@@ -366,6 +365,10 @@ class GVSLRegisterLogic(ScriptedLoadableModuleLogic):
             slicer.util.setSliceViewerLayers(background=board, foreground=None, foregroundOpacity=0.0)
         else:
             slicer.util.setSliceViewerLayers(background=fixed, foreground=moving, foregroundOpacity=opacity)
+        # After the layers: the colour legend displayable manager decides whether a volume's legend is
+        # drawn in a slice view when the legend node changes, from the layers the view shows at that
+        # moment; a legend shown before the Jacobian became the foreground stayed hidden.
+        self._setLegendVisible(jacobian, mode == "jacobian")
 
     @staticmethod
     def setFader(opacity):

@@ -191,6 +191,16 @@ class SliceView:
         """Move the slice (not the field of view) to a RAS point (mm), as Shift + mouse move does in Slicer."""
         self.node.JumpSliceByOffsetting(*ras)
 
+    def centre_on(self, ras: tuple[float, float, float], field_of_view_mm: float | None = None) -> None:
+        """Centre the view on a RAS point (mm), through it; optionally zoom to show ``field_of_view_mm``
+        across the view's shorter side."""
+        if field_of_view_mm is not None:
+            width, height = self.size
+            fov = self.node.GetFieldOfView()
+            scale = field_of_view_mm / min(width, height)
+            self.node.SetFieldOfView(width * scale, height * scale, fov[2])
+        self.node.JumpSliceByCentering(*ras)
+
     def render(self) -> np.ndarray:
         """(height, width, 3) uint8 pixels, top row first."""
         connection = self.logic.GetImageDataConnection()

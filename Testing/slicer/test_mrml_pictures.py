@@ -210,3 +210,61 @@ def test_grid_transform_drawn_as_a_grid_over_the_fixed_image(views: dict, shown:
     outside = np.any((ras < low[:, None] - margin[:, None]) | (ras > high[:, None] + margin[:, None]), axis=0)
     assert outside.sum() == 0, f"{outside.sum()} grid pixels lie outside the fixed volume's bounds"
     assert before.max(-1)[lines].mean() > 0, "the grid is drawn over the fixed image"
+
+
+def test_jacobian_overlay_and_its_colour_legend_are_drawn(views: dict, shown: dict, tmp_path: Path) -> None:
+    """GVSL Register's Jacobian overlay: the Jacobian over the fixed image in the diverging colours, and
+    the colour legend drawn in the view (Slicer's legend manager shows it only for a volume on a layer)."""
+    import GVSLRegister
+    import slicer
+    import vtk
+
+    volume = shown["volume"]
+    fixed = sitk.ReadImage(volume.GetStorageNode().GetFileName())
+    k = np.arange(SIZE[2])[:, None, None]
+    jacobian = np.broadcast_to(0.7 + 0.6 * k / (SIZE[2] - 1), (SIZE[2], SIZE[1], SIZE[0])).astype(np.float32)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(jacobian))
+    image.CopyInformation(fixed)
+    sitk.WriteImage(image, str(tmp_path / "jacobian.nii.gz"))
+    jacobian_node = slicer.util.loadVolume(str(tmp_path / "jacobian.nii.gz"), {"show": False})
+    transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "phantom result")
+    for attribute, node in ((GVSLRegister.ATTR_FIXED, volume), (GVSLRegister.ATTR_MOVING, volume),
+                            (GVSLRegister.ATTR_JACOBIAN, jacobian_node)):
+        transform.SetAttribute(attribute, node.GetID())
+    logic = GVSLRegister.GVSLRegisterLogic()
+    view = views["red"]
+    shown["segmentation"].GetDisplayNode().SetVisibility(False)
+    try:
+        logic.showOverlay(transform, "jacobian", opacity=1.0)
+        view.fit()
+        legend = slicer.modules.colors.logic().GetColorLegendDisplayNode(jacobian_node)
+        with_legend = view.render().astype(int)
+        legend.SetVisibility(False)
+        without_legend = view.render().astype(int)
+        legend.SetVisibility(True)
+    finally:
+        logic.showOverlay(transform, "fader")
+        shown["segmentation"].GetDisplayNode().SetVisibility(True)
+    drawn = np.abs(with_legend - without_legend).max(-1) > 40
+    assert drawn.mean() > 0.005, "the colour legend is not drawn"
+    assert np.nonzero(drawn)[1].mean() > 0.6 * VIEW[0], "the legend is drawn on the right side"
+    bar = with_legend[drawn]
+    assert ((bar[:, 2] > 200) & (bar[:, 0] < 60)).any() and ((bar[:, 0] > 200) & (bar[:, 2] < 60)).any(), \
+        "the legend shows the blue and the red end of the Jacobian colours"
+    # At the view's centre the Jacobian (linear in k, the axial axis of this grid) shows as its colour in
+    # the display node's table over the display node's window (foreground opacity 1).
+    xy_to_ras = np.array([[view.node.GetXYToRAS().GetElement(r, c) for c in range(4)] for r in range(4)])
+    row, column = VIEW[1] // 2, VIEW[0] // 2
+    ras = xy_to_ras @ np.array([column, VIEW[1] - 1 - row, 0.0, 1.0])
+    k = (np.linalg.inv(ijk_to_ras(volume)) @ ras)[2]
+    assert 1 <= k <= SIZE[2] - 2
+    value = 0.7 + 0.6 * k / (SIZE[2] - 1)
+    display = jacobian_node.GetDisplayNode()
+    table = vtk.vtkLookupTable()
+    table.DeepCopy(display.GetColorNode().GetLookupTable())
+    table.SetTableRange(display.GetWindowLevelMin(), display.GetWindowLevelMax())
+    rgb = [0.0, 0.0, 0.0]
+    table.GetColor(value, rgb)
+    expected = 255.0 * np.asarray(rgb)
+    assert np.abs(without_legend[row, column] - expected).max() < 10, \
+        f"J = {value:.3f}: pixel {without_legend[row, column]}, expected {expected.round()}"
