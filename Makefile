@@ -1,6 +1,7 @@
 # GVSL for 3D Slicer: two commands on a fresh machine with Python >= 3.10 and pip.
 #   make demo   phantoms -> pretrain -> fine-tune -> segment (phantom + real CTA) -> evaluate -> pictures
 #   make test   the whole test suite (what CI runs)
+#   make pictures  docs/slicer/*.png, drawn by Slicer's own MRML views offscreen (slicer-core)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -10,7 +11,7 @@ DEMO_OUT ?= demo_out
 SLICER_CORE  ?= slicer-core~=5.13.0
 TRAME_SLICER ?= trame-slicer==2.0.0
 
-.PHONY: venv demo test lint clean
+.PHONY: venv demo test pictures lint clean
 
 venv: $(VENV)/.installed
 
@@ -29,6 +30,11 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q Testing
+
+# docs/slicer/*.png: what a user sees in Slicer, drawn offscreen by Slicer's own displayable managers
+# (slicer-core; needs ../shared/data/chest_cta, about a minute on two cores).
+pictures: venv
+	$(BIN)/python benchmarks/slicer_pictures.py --out docs/slicer
 
 lint: venv
 	$(BIN)/ruff check GVSLCore GVSLSlicer Testing benchmarks

@@ -240,10 +240,17 @@ class ThreeDView:
     def camera_node(self) -> Any:
         return self.managers.GetDisplayableManagerByClassName("vtkMRMLCameraDisplayableManager").GetCameraNode()
 
-    def look_from(self, direction: str = "Anterior", elevation_deg: float = 0.0) -> None:
-        """Point the camera at what the view shows, from a patient direction, as Slicer's view buttons do."""
+    def look_from(self, direction: str = "Anterior", elevation_deg: float = 0.0, box: bool = False) -> None:
+        """Point the camera at what the view shows, from a patient direction, as Slicer's view buttons do.
+
+        The view's box and axis labels are hidden unless ``box``: they sit around the RAS origin, and a
+        camera fitted to them too makes a heart far from the origin a speck (Slicer's "reset focal
+        point" also leaves them out of the fit).
+        """
         import slicer
 
+        self.node.SetBoxVisible(box)
+        self.node.SetAxisLabelsVisible(box)
         self.managers.RequestRender()
         self.renderer.ResetCamera()
         camera = self.camera_node()
