@@ -10,6 +10,7 @@ count with what the header describes. Formats and encodings it does not know pas
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import re
@@ -173,3 +174,84 @@ def image_file_problem(path: str | os.PathLike) -> str | None:
     except OSError as exc:
         return f"it cannot be read ({exc.strerror or exc})"
     return None
+
+
+# -- non-finite voxels ------------------------------------------------------------------------------
+
+# NIfTI datatype codes of real floating-point voxels and their numpy element types.
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def _nifti_float_layout(head: bytes) -> tuple[str, int, int] | None:
+    """(numpy dtype string with byte order, voxel data offset, voxel count) of a single-file
+    NIfTI-1/2 header with float32/float64 voxels, else None."""
+    for endian in "<>":
+        if len(head) >= 348 and struct.unpack(endian + "i", head[:4])[0] == 348 and head[344:347] == b"n+1":
+            code = struct.unpack(endian + "h", head[70:72])[0]
+            dims = struct.unpack(endian + "8h", head[40:56])
+            offset = max(352, int(struct.unpack(endian + "f", head[108:112])[0]))
+            break
+        if len(head) >= 540 and struct.unpack(endian + "i", head[:4])[0] == 540 and head[4:7] == b"n+2":
+            code = struct.unpack(endian + "h", head[12:14])[0]
+            dims = struct.unpack(endian + "8q", head[16:80])
+            offset = max(544, int(struct.unpack(endian + "q", head[168:176])[0]))
+            break
+    else:
+        return None
+    if code not in _NIFTI_FLOATS or not 1 <= dims[0] <= 7:
+        return None
+    return endian + _NIFTI_FLOATS[code], offset, math.prod(dims[1: dims[0] + 1])
+
+
+def _chunks(path: Path, compressed: bool):
+    with open(path, "rb") as f:
+        if not compressed:
+            while chunk := f.read(CHUNK):
+                yield chunk
+            return
+        d = zlib.decompressobj(31)
+        while chunk := f.read(CHUNK):
+            while chunk:
+                yield d.decompress(chunk)
+                chunk = b""
+                if d.eof and d.unused_data.strip(b"\0"):  # the next gzip member
+                    chunk, d = d.unused_data, zlib.decompressobj(31)
+
+
+def nifti_nonfinite(path: str | os.PathLike) -> int:
+    """How many NaN/infinite voxels a float NIfTI file (.nii / .nii.gz) holds; 0 for other files.
+
+    ITK's NIfTI reader turns NaN and infinity into 0, so the voxels are counted in the file
+    itself, streaming (a chunk at a time, never the whole volume in memory).
+    """
+    import numpy as np
+
+    path = Path(path)
+    name = path.name.lower()
+    if not name.endswith((".nii", ".nii.gz")):
+        return 0
+    stream = _chunks(path, name.endswith(".gz"))
+    head = b""
+    try:
+        for chunk in stream:
+            head += chunk
+            if len(head) >= 544:
+                break
+        layout = _nifti_float_layout(head)
+        if layout is None:
+            return 0
+        dtype, offset, remaining = layout
+        item = np.dtype(dtype).itemsize
+        buffer, bad = head[offset:], 0
+        for chunk in itertools.chain([b""], stream):
+            buffer += chunk
+            usable = min(len(buffer) // item, remaining)
+            values = np.frombuffer(buffer[: usable * item], dtype=dtype)
+            bad += int(values.size - np.count_nonzero(np.isfinite(values)))
+            remaining -= usable
+            buffer = buffer[usable * item:]
+            if remaining <= 0:
+                break
+    except (OSError, zlib.error):
+        return 0  # a damaged file is image_file_problem's to report
+    return bad
