@@ -16,43 +16,59 @@ import os
 import re
 import struct
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 CHUNK = 1 << 22
+
+
+class _Damaged(Exception):
+    """A compressed stream that is corrupt or ends early; the message is a phrase for the user."""
+
+
+def _inflated(f: BinaryIO, wbits: int) -> Iterator[bytes]:
+    """The decompressed bytes of the stream(s) read from ``f``, at most CHUNK at a time (a file of
+    zeros inflates a thousandfold: never all of it at once). Raises _Damaged."""
+    d = zlib.decompressobj(wbits)
+    pending = b""
+    while True:
+        chunk = pending or f.read(CHUNK)
+        if not chunk:
+            if not d.eof:
+                raise _Damaged("its compressed data ends early (the file is truncated)")
+            return
+        try:
+            yield d.decompress(chunk, CHUNK)
+        except zlib.error as exc:
+            raise _Damaged(f"its compressed data is corrupt ({exc})") from None
+        if not d.eof:
+            pending = d.unconsumed_tail
+            continue
+        rest = d.unused_data
+        while not rest.strip(b"\0"):  # zero padding after the stream, or the end
+            rest = f.read(CHUNK)
+            if not rest:
+                return
+        if wbits != 31:  # one zlib stream: what follows it is not voxel data
+            return
+        d = zlib.decompressobj(wbits)  # the next gzip member
+        pending = rest
 
 
 def _inflate(path: Path, offset: int, wbits: int) -> tuple[bytes, int, str | None]:
     """(first bytes, total length, problem) of the compressed stream(s) from ``offset`` to the end."""
     head = b""
     total = 0
-    d = zlib.decompressobj(wbits)
     with open(path, "rb") as f:
         f.seek(offset)
-        pending = b""
-        while True:
-            chunk = pending or f.read(CHUNK)
-            pending = b""
-            if not chunk:
-                break
-            try:
-                out = d.decompress(chunk)
-            except zlib.error as exc:
-                return head, total, f"its compressed data is corrupt ({exc})"
-            total += len(out)
-            if len(head) < 1024:
-                head += out[: 1024 - len(head)]
-            if d.eof:
-                rest = d.unused_data
-                while not rest.strip(b"\0"):  # zero padding after the stream, or the end
-                    rest = f.read(CHUNK)
-                    if not rest:
-                        return head, total, None
-                if wbits != 31:  # one zlib stream: what follows it is not voxel data
-                    return head, total, None
-                d = zlib.decompressobj(wbits)  # the next gzip member
-                pending = rest
-    if not d.eof:
-        return head, total, "its compressed data ends early (the file is truncated)"
+        try:
+            for out in _inflated(f, wbits):
+                total += len(out)
+                if len(head) < 1024:
+                    head += out[: 1024 - len(head)]
+        except _Damaged as exc:
+            return head, total, str(exc)
     return head, total, None
 
 
@@ -203,19 +219,13 @@ def _nifti_float_layout(head: bytes) -> tuple[str, int, int] | None:
     return endian + _NIFTI_FLOATS[code], offset, math.prod(dims[1: dims[0] + 1])
 
 
-def _chunks(path: Path, compressed: bool):
+def _chunks(path: Path, compressed: bool) -> Iterator[bytes]:
     with open(path, "rb") as f:
-        if not compressed:
-            while chunk := f.read(CHUNK):
-                yield chunk
+        if compressed:
+            yield from _inflated(f, 31)
             return
-        d = zlib.decompressobj(31)
         while chunk := f.read(CHUNK):
-            while chunk:
-                yield d.decompress(chunk)
-                chunk = b""
-                if d.eof and d.unused_data.strip(b"\0"):  # the next gzip member
-                    chunk, d = d.unused_data, zlib.decompressobj(31)
+            yield chunk
 
 
 def nifti_nonfinite(path: str | os.PathLike) -> int:
@@ -252,6 +262,6 @@ def nifti_nonfinite(path: str | os.PathLike) -> int:
             buffer = buffer[usable * item:]
             if remaining <= 0:
                 break
-    except (OSError, zlib.error):
+    except (OSError, _Damaged):
         return 0  # a damaged file is image_file_problem's to report
     return bad
