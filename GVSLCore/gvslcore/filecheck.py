@@ -161,6 +161,11 @@ def _meta_problem(path: Path, size: int) -> tuple[int | None, str | None]:
     return expected, None if size - offset >= expected else f"it holds {size - offset} data bytes but its header describes {expected}"
 
 
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(magic)) == magic
+
+
 def image_file_problem(path: str | os.PathLike) -> str | None:
     """What is wrong with the volume file ``path`` (truncated, corrupt compressed data, fewer
     bytes than its header describes), as a phrase for a message; None when it looks complete or
@@ -169,7 +174,7 @@ def image_file_problem(path: str | os.PathLike) -> str | None:
     name = path.name.lower()
     try:
         size = path.stat().st_size
-        if name.endswith(".nii.gz"):
+        if name.endswith(".nii.gz") and _starts_with(path, b"\x1f\x8b"):
             head, total, problem = _inflate(path, 0, 31)
             if problem:
                 return problem
@@ -177,7 +182,7 @@ def image_file_problem(path: str | os.PathLike) -> str | None:
             if expected is not None and total < expected:
                 return f"it holds {total} bytes (uncompressed) but its header describes {expected}"
             return None
-        if name.endswith(".nii"):
+        if name.endswith((".nii", ".nii.gz")):  # a .nii.gz that is not gzip: ITK reads it as plain NIfTI
             with open(path, "rb") as f:
                 expected = _nifti_expected(f.read(544))
             if expected is not None and size < expected:
@@ -240,7 +245,7 @@ def nifti_nonfinite(path: str | os.PathLike) -> int:
     name = path.name.lower()
     if not name.endswith((".nii", ".nii.gz")):
         return 0
-    stream = _chunks(path, name.endswith(".gz"))
+    stream = _chunks(path, name.endswith(".gz") and _starts_with(path, b"\x1f\x8b"))
     head = b""
     try:
         for chunk in stream:
