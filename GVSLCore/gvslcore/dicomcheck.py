@@ -1,8 +1,8 @@
 """Is a DICOM series whole? Every slice readable and the slices evenly spaced along their normal.
 
-ITK's series reader takes the spacing between the first two slices (or an average) and only
-warns when the slices are not evenly spaced: a series with a missing or unreadable slice comes
-back with a wrong z spacing (6.64 mm instead of 6) and anatomy squeezed. :func:`series_problem`
+ITK's series reader spreads the slices evenly over their extent and only warns when they are
+not evenly spaced: a series with a missing or unreadable slice comes back with a wrong z spacing
+(7 mm instead of 6 for 8 slices with one gone) and the anatomy stretched. :func:`series_problem`
 reads each file's header (not its pixels), projects ImagePositionPatient (0020|0032) on the
 slice normal given by ImageOrientationPatient (0020|0037) and compares the gaps.
 """

@@ -106,7 +106,7 @@ def test_a_whole_dicom_series_reads_with_its_spacing(tmp_path):
 
 def test_a_dicom_series_with_a_missing_slice_is_refused(tmp_path):
     folder = _dicom_series(tmp_path / "dcm")
-    (folder / "s003.dcm").unlink()  # ITK alone reads 7 slices at 6.86 mm: anatomy squeezed
+    (folder / "s003.dcm").unlink()  # ITK alone reads 7 slices at 7 mm (the mean gap): anatomy stretched
     with pytest.raises(InputError, match=f"DICOM series in {folder} is incomplete: the slices at 22.00 and 34.00 mm "
                                          "are 12.00 mm apart, the others 6.00 mm \\(about 1 slice"):
         read_image(folder)
