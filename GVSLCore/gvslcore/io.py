@@ -15,8 +15,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_path
-from .errors import InputError, OutputError
 from .dicomcheck import series_problem
+from .errors import InputError, OutputError
 from .filecheck import image_file_problem, nifti_nonfinite
 from .memory import available_memory
 
