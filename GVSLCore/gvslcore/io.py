@@ -81,7 +81,7 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     try:
         return reader.Execute()
     except MemoryError:
-        raise InputError(_too_large(folder, size, _DICOM_BYTES_PER_VOXEL)) from None
+        raise InputError(_too_large(folder, size, _DICOM_BYTES_PER_VOXEL, failed=True)) from None
     except RuntimeError as exc:
         raise InputError(f"cannot read DICOM series in {folder}: {str(exc).strip().splitlines()[-1]}") from None
 
@@ -109,11 +109,11 @@ def _file_bytes_per_voxel(reader: sitk.ImageFileReader) -> int:
     return scalar * max(1, reader.GetNumberOfComponents()) + 4
 
 
-def _too_large(path: Path, size: Sequence[int], per_voxel: int) -> str:
+def _too_large(path: Path, size: Sequence[int], per_voxel: int, *, failed: bool = False) -> str:
     need = math.prod(size) * per_voxel
+    have = "allocating it failed" if failed else f"{available_memory() / 2**30:.1f} GiB are free"
     return (f"{path} is a readable image but too large for this machine's memory: {' x '.join(map(str, size))} voxels "
-            f"need about {need / 2**30:.1f} GiB to read, {available_memory() / 2**30:.1f} GiB are free; "
-            "crop or downsample it first (e.g. Slicer's Crop Volume)")
+            f"need about {need / 2**30:.1f} GiB to read, {have}; crop or downsample it first (e.g. Slicer's Crop Volume)")
 
 
 def _check_memory(path: Path, size: Sequence[int], per_voxel: int) -> None:
@@ -142,10 +142,10 @@ def _read_file(path: Path, *, label: bool, allow_nan: bool) -> sitk.Image:
     try:
         return reader.Execute()
     except MemoryError:
-        raise InputError(_too_large(path, size, per_voxel)) from None
+        raise InputError(_too_large(path, size, per_voxel, failed=True)) from None
     except RuntimeError as exc:
         if "alloc" in str(exc).lower():  # ITK's "Failed to allocate memory for image"
-            raise InputError(_too_large(path, size, per_voxel)) from None
+            raise InputError(_too_large(path, size, per_voxel, failed=True)) from None
         raise InputError(f"{path} cannot be read ({str(exc).strip().splitlines()[-1]}); copy or export it again") from None
 
 

@@ -152,6 +152,7 @@ def test_a_failed_allocation_while_reading_is_too_large_not_unreadable(tmp_path)
             "try:\n    read_image(sys.argv[1])\nexcept InputError as exc:\n    print(exc)\n")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
     assert "too large for this machine's memory: 512 x 512 x 512 voxels" in out.stdout, out.stdout + out.stderr
+    assert "allocating it failed" in out.stdout and "not a readable image" not in out.stdout
 
 
 # -- 4. outputs never replace inputs -----------------------------------------------------------------
