@@ -56,9 +56,14 @@ def add_training(parser: argparse.ArgumentParser, *, steps: int, patch: int, bat
 
 def training_options(args: argparse.Namespace) -> dict[str, Any]:
     """What :func:`add_training` (plus ``--device``, ``--log-every``, ``--no-bf16``) put in ``args``,
-    as keyword arguments shared by ``PretrainConfig`` and ``FinetuneConfig``."""
+    as keyword arguments shared by ``PretrainConfig`` and ``FinetuneConfig``, each checked first
+    (:func:`gvslcore.commands.checks.check_training`: one line, before the run folder exists)."""
+    from .commands.checks import check_training
+
+    patch = parse_patch(args.patch)
+    check_training(args, patch)
     return {
-        "steps": args.steps, "patch": parse_patch(args.patch), "batch": args.batch, "width": args.width,
+        "steps": args.steps, "patch": patch, "batch": args.batch, "width": args.width,
         "lr": args.lr, "seed": args.seed, "checkpoint_every": args.checkpoint_every, "keep": args.keep,
         "log_every": args.log_every, "workers": args.workers, "device": args.device, "bf16": not args.no_bf16,
     }

@@ -41,16 +41,31 @@ EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> CUDA when available, else CPU; an explicit 'cuda' without a GPU is an input error."""
+    """'auto' -> CUDA when available, else CPU. An explicit device this machine lacks (cuda
+    without a GPU, cuda:N past the last GPU, mps off Apple silicon) is an input error: found
+    here, before any run folder or output exists, not as a traceback at the first tensor."""
     name = (name or "auto").lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise InputError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {name} was asked for but no CUDA GPU is available; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise InputError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+                             f"(cuda:0..cuda:{torch.cuda.device_count() - 1}); pick one of them or use --device cuda")
+        return device
+    if device.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise InputError(f"--device {name} was asked for but Apple's MPS is not available here; use --device cpu")
+        return device
+    if device.type != "cpu":
+        raise InputError(f"--device {name} is not supported; use auto, cpu or cuda")
+    return device
 
 
 def distributed_rank() -> tuple[int, int]:

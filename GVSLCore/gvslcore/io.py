@@ -6,6 +6,7 @@ Images travel as ``SimpleITK.Image``: the array is (z, y, x) and spacing, origin
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,8 +15,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_path
+from .dicomcheck import series_problem
 from .errors import InputError, OutputError
-from .filecheck import image_file_problem
+from .filecheck import image_file_problem, nifti_nonfinite
+from .memory import available_memory
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".seg.nrrd")
 WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".seg.nrrd")
@@ -61,27 +64,113 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     # Several series in one folder: take the one with the most slices (the main volume, not a scout).
     best = max(series, key=lambda s: len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)))
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), best)
+    problem = series_problem(files)
+    if problem:
+        # GDCM leaves unparsable slices out of the series: name them, they are the likely gap.
+        listed = {Path(f).name for s in series for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)}
+        left_out = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in listed
+                          and not p.name.startswith("."))
+        if left_out:
+            more = f" and {len(left_out) - 3} more" if len(left_out) > 3 else ""
+            problem += f"; not readable as part of it: {', '.join(left_out[:3])}{more}"
+        raise InputError(f"the DICOM series in {folder} is incomplete: {problem}; export the whole series again")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
+    size = _series_size(files)
+    _check_memory(folder, size, _DICOM_BYTES_PER_VOXEL)
     try:
         return reader.Execute()
+    except MemoryError:
+        raise InputError(_too_large(folder, size, _DICOM_BYTES_PER_VOXEL, failed=True)) from None
     except RuntimeError as exc:
         raise InputError(f"cannot read DICOM series in {folder}: {str(exc).strip().splitlines()[-1]}") from None
+
+
+def _series_size(files: Sequence[str]) -> tuple[int, ...]:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(files[0])
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return (0,)
+    return (*reader.GetSize()[:2], len(files))
+
+
+#: Bytes per voxel of a DICOM series as read (int16) plus the float32 copy made right after.
+_DICOM_BYTES_PER_VOXEL = 6
+
+
+def _file_bytes_per_voxel(reader: sitk.ImageFileReader) -> int:
+    """The file's voxel size in memory plus the float32 (or uint16 label) copy made right after."""
+    try:
+        scalar = sitk.GetArrayViewFromImage(sitk.Image([1, 1], reader.GetPixelID())).dtype.itemsize
+    except RuntimeError:
+        scalar = 8
+    return scalar * max(1, reader.GetNumberOfComponents()) + 4
+
+
+def _too_large(path: Path, size: Sequence[int], per_voxel: int, *, failed: bool = False) -> str:
+    need = math.prod(size) * per_voxel
+    have = "allocating it failed" if failed else f"{available_memory() / 2**30:.1f} GiB are free"
+    return (f"{path} is a readable image but too large for this machine's memory: {' x '.join(map(str, size))} voxels "
+            f"need about {need / 2**30:.1f} GiB to read, {have}; crop or downsample it first (e.g. Slicer's Crop Volume)")
+
+
+def _check_memory(path: Path, size: Sequence[int], per_voxel: int) -> None:
+    if math.prod(size) * per_voxel > available_memory():
+        raise InputError(_too_large(path, size, per_voxel))
+
+
+def _read_file(path: Path, *, label: bool, allow_nan: bool) -> sitk.Image:
+    problem = image_file_problem(path)
+    if problem:
+        raise InputError(f"{path} is damaged: {problem}; copy or export it again")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise InputError(
+            f"{path} is not a readable image; give a NIfTI (.nii/.nii.gz), NRRD, MHA file or a DICOM folder"
+        ) from None
+    size, per_voxel = tuple(reader.GetSize()), _file_bytes_per_voxel(reader)
+    _check_memory(path, size, per_voxel)
+    if label or not allow_nan:
+        bad = nifti_nonfinite(path)  # ITK reads NaN and infinity in NIfTI as 0: count them in the file
+        if bad:
+            raise InputError(f"{path} has {bad} NaN/infinite voxels; fix or mask them before use")
+    try:
+        return reader.Execute()
+    except MemoryError:
+        raise InputError(_too_large(path, size, per_voxel, failed=True)) from None
+    except RuntimeError as exc:
+        if "alloc" in str(exc).lower():  # ITK's "Failed to allocate memory for image"
+            raise InputError(_too_large(path, size, per_voxel, failed=True)) from None
+        raise InputError(f"{path} cannot be read ({str(exc).strip().splitlines()[-1]}); copy or export it again") from None
+
+
+#: The widest label value kept: label maps are uint16 from here on.
+MAX_LABEL = 65535
 
 
 def read_image(path: str | os.PathLike, *, label: bool = False, allow_nan: bool = False) -> sitk.Image:
     """Read a 3-D scalar volume from a NIfTI/NRRD/MHA file or a DICOM series folder.
 
+    Files are checked before ITK reads them (ITK reads a truncated file zero-filled and NaN in
+    NIfTI as 0): the byte count and compressed stream (:func:`image_file_problem`), non-finite
+    NIfTI voxels, the memory the volume needs; DICOM series for missing or unreadable slices.
+
     Args:
         path: a volume file or a folder with one DICOM series.
-        label: keep an integer pixel type and check that values are integral.
+        label: keep an integer pixel type and check that values are integral, 0..65535.
         allow_nan: accept non-finite voxels (otherwise they are an input error).
 
     Returns:
-        The image, float32 for intensities or uint16/int for labels, geometry untouched.
+        The image, float32 for intensities or uint16 for labels, geometry untouched.
 
     Raises:
-        InputError: missing or unreadable file, not 3-D, not scalar, NaN voxels.
+        InputError: missing, damaged or unreadable file, too large for memory, incomplete DICOM
+            series, not 3-D, not scalar, NaN voxels, label values out of range.
     """
     path = Path(path)
     if not path.exists():
@@ -89,12 +178,7 @@ def read_image(path: str | os.PathLike, *, label: bool = False, allow_nan: bool 
     if path.is_dir():
         image = _read_dicom_folder(path)
     else:
-        try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError:
-            raise InputError(
-                f"{path} is not a readable image; give a NIfTI (.nii/.nii.gz), NRRD, MHA file or a DICOM folder"
-            ) from None
+        image = _read_file(path, label=label, allow_nan=allow_nan)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel; give a scalar (grey-value) volume")
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
@@ -110,6 +194,9 @@ def read_image(path: str | os.PathLike, *, label: bool = False, allow_nan: bool 
                 raise InputError(f"{path} has non-integer voxel values; give a label map with integer labels")
         if arr.min() < 0:
             raise InputError(f"{path} has negative label values; give a label map with values >= 0")
+        if arr.max() > MAX_LABEL:
+            raise InputError(f"{path} has label value {arr.max():.0f}, above the largest supported ({MAX_LABEL}); "
+                             "renumber the labels to 0..65535")
         return sitk.Cast(image, sitk.sitkUInt16)
     image = sitk.Cast(image, sitk.sitkFloat32)
     if not allow_nan:

@@ -29,7 +29,12 @@ def run(args: argparse.Namespace) -> int:
     from ..atomic import write_json, write_text
     from ..labels import LabelTable
     from ..metrics import evaluate_files, to_csv
+    from .checks import check_not_inputs
 
+    if args.csv:
+        check_not_inputs(args.csv, [args.pred, args.ref, args.label_table], "--csv")
+    if args.json_out:
+        check_not_inputs(args.json_out, [args.pred, args.ref, args.label_table], "--json")
     table = None
     if args.label_table:
         from ..finetune import read_label_table_json

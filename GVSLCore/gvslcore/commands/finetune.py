@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..cli import add_common, add_nproc, add_training, progress_mode, training_options
+from .checks import memory_errors_as_input
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -75,5 +76,6 @@ def run(args: argparse.Namespace) -> int:
         augment=not args.no_augment,
         **training_options(args),
     )
-    return run_command(args, lambda progress: run_finetune(cfg, progress, resume=args.resume),
-                       progress=progress_mode(args), device=cfg.device, run_dir=cfg.run_dir)
+    with memory_errors_as_input(args):
+        return run_command(args, lambda progress: run_finetune(cfg, progress, resume=args.resume),
+                           progress=progress_mode(args), device=cfg.device, run_dir=cfg.run_dir)

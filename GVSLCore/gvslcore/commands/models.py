@@ -79,13 +79,19 @@ def run_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..cli import parse_patch, progress_mode
-    from ..errors import InputError
     from ..heartmodel import run_build as build
     from ..heartrecipe import HeartRecipe
+    from .checks import at_least, check_device, check_patch_memory, positive
 
-    if args.spacing <= 0 or args.bank_spacing <= 0:
-        raise InputError("--spacing and --bank-spacing must be positive (mm)")
-    recipe = HeartRecipe(cases=args.cases, steps=args.steps, patch=parse_patch(args.patch), batch=args.batch,
+    patch = parse_patch(args.patch)
+    for option, value in (("--steps", args.steps), ("--cases", args.cases), ("--batch", args.batch),
+                          ("--width", args.width), ("--val-every", args.val_every)):
+        at_least(value, option)
+    positive(args.lr, "--lr")
+    positive([args.spacing, args.bank_spacing], "--spacing/--bank-spacing", unit="mm")
+    check_device(args.device)
+    check_patch_memory(patch, args.batch, args.width, args.device)
+    recipe = HeartRecipe(cases=args.cases, steps=args.steps, patch=patch, batch=args.batch,
                          width=args.width, lr=args.lr, seed=args.seed, workers=args.workers,
                          bank_workers=args.bank_workers, device=args.device, spacing=args.spacing,
                          bank_spacing=args.bank_spacing, val_cases=args.val_cases, val_every=args.val_every)

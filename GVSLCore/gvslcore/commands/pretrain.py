@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..cli import add_common, add_nproc, add_training, progress_mode, training_options
+from .checks import memory_errors_as_input
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,11 +53,12 @@ def run(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         **training_options(args),
     )
-    return run_command(
-        args,
-        lambda progress: run_pretrain(cfg, progress, resume=args.resume),
-        progress=progress_mode(args),
-        device=cfg.device,
-        run_dir=cfg.out,
-        preflight=lambda: check_inputs(cfg, args.resume, check_folder=True),
-    )
+    with memory_errors_as_input(args):
+        return run_command(
+            args,
+            lambda progress: run_pretrain(cfg, progress, resume=args.resume),
+            progress=progress_mode(args),
+            device=cfg.device,
+            run_dir=cfg.out,
+            preflight=lambda: check_inputs(cfg, args.resume, check_folder=True),
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..cli import add_common, progress_mode
 
@@ -45,8 +46,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..events import Reporter, log
-    from ..register import RegisterConfig, run_register
+    from ..register import OUTPUT_NAMES, RegisterConfig, run_register
+    from .checks import check_device, check_not_inputs, positive
 
+    positive(args.spacing, "--spacing", unit="mm")
+    positive(args.lr, "--lr")
+    positive(args.smooth_weight, "--smooth-weight", zero=True)
+    check_device(args.device)
+    inputs = [args.fixed, args.moving, args.moving_labels, None if str(args.model).lower() == "none" else args.model]
+    if Path(args.out).is_dir():
+        for name in OUTPUT_NAMES.values():
+            check_not_inputs(Path(args.out) / name, inputs, f"--out {args.out}: the output")
     cfg = RegisterConfig(
         iterations=args.iterations,
         levels=args.levels,

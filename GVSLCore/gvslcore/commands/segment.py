@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..cli import add_common, progress_mode
+from ..errors import InputError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,7 +39,13 @@ def run(args: argparse.Namespace) -> int:
     from ..cli import parse_patch
     from ..events import Reporter, log
     from ..segment import InferenceSettings, segment_file
+    from .checks import at_least, check_device, check_not_inputs
 
+    at_least(args.batch, "--batch")
+    if args.overlap is not None and not 0 <= args.overlap < 1:
+        raise InputError(f"--overlap {args.overlap:g} is not valid; give a fraction in [0, 1), e.g. 0.5")
+    check_device(args.device)
+    check_not_inputs(args.output, [args.input, args.model], "OUTPUT")
     common = {"batch": args.batch, "largest_component": args.largest_component, "device": args.device,
               "amp": not args.no_amp, "window": parse_patch(args.window) if args.window else None}
     if args.overlap is not None:
