@@ -29,15 +29,7 @@ from .config import COARSE_SPACING_MM, DEFAULT_SPACING_MM, MIN_OVERLAP, Register
 from .export import OUTPUT_NAMES, check_output_dir, label_table_for, propagate_labels, working_affine_matrix, write_outputs
 from .feedforward import identity_affine, load_registration_model, predict
 from .fields import field_transform, folding_percent, full_displacement, global_ncc, jacobian_image
-from .grid import (
-    affine_to_matrix,
-    background_value,
-    initial_transform,
-    matrix_to_affine,
-    normalized,
-    overlap_fraction,
-    working_grid,
-)
+from .grid import affine_to_matrix, background_value, initial_transform, matrix_to_affine, normalized, overlap_fraction, working_grid
 from .instance import StepCallback, instance_optimize, local_ncc
 
 logger = logging.getLogger("gvsl.register")
