@@ -5,7 +5,7 @@ launches torchrun) every process holds a model replica, draws its own samples (`
 with this process's rank and world size) and DDP averages the gradients, so the replicas stay
 identical. gloo on CPU, NCCL on CUDA (one GPU per local rank).
 
-What a training loop calls (``pretrain.py`` is the worked example; ``finetune.py`` does the same)::
+What a training loop calls (``pretrain.py`` is the worked example; ``finetune/loop.py`` does the same)::
 
     ctx = init_distributed(cfg.device)                      # reads torchrun's environment
     try:

@@ -267,17 +267,35 @@ def _heart(anat: Anatomy, h: np.ndarray) -> dict[str, np.ndarray]:
     return {k: v * np.float32(s) for k, v in d.items()}
 
 
-def _render(anat: Anatomy, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Noise-free, unblurred HU (float32) and labels (uint8) at physical points ``x`` (3, N)."""
-    n = x.shape[1]
-    hu = np.full(n, AIR_HU, dtype=np.float32)
-    lab = np.zeros(n, dtype=np.uint8)
+@dataclass
+class _Torso:
+    """The body at deformed points ``q``: coordinates, the body ellipse, and the layers of the wall
+    (mm inside the skin); arrays (N,)."""
 
-    # A smooth deformation of the whole case: anatomy is evaluated at q = x + w(x).
-    q = x + _wave_field(x, anat.warp_freqs, anat.warp_phases, anat.warp_amps)
-    qx, qy, qz = q[0], q[1], q[2]
+    qx: np.ndarray
+    qy: np.ndarray
+    qz: np.ndarray
+    bx: float
+    by: float
+    ay: float
+    depth: np.ndarray
+    inside: np.ndarray
+    fat_end: np.ndarray
+    pect: np.ndarray
+    muscle_end: np.ndarray
+    wall_end: np.ndarray
+    cavity: np.ndarray
 
-    # The heart frame: q = c + s R h. Heart shapes are evaluated only inside the heart's box.
+
+def _to_body(anat: Anatomy, points: Sequence[float]) -> np.ndarray:
+    """Heart-frame points (mm) in the body frame: c + s R h."""
+    return anat.heart_center + anat.heart_scale * (anat.heart_rotation @ np.asarray(points, dtype=np.float64))
+
+
+def _heart_at(anat: Anatomy, q: np.ndarray) -> dict[str, np.ndarray]:
+    """Heart shapes' signed distances at deformed points ``q`` (3, N): the heart frame is
+    q = c + s R h, and the shapes are evaluated only inside the heart's box (``_FAR`` elsewhere)."""
+    n = q.shape[1]
     s = anat.heart_scale
     h = (anat.heart_rotation.T.astype(np.float32) @ (q - anat.heart_center.astype(np.float32)[:, None])) / np.float32(s)
     idx = _in_box(h, *_HEART_BOX)
@@ -285,11 +303,12 @@ def _render(anat: Anatomy, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for key, val in _heart(anat, np.ascontiguousarray(h[:, idx])).items():
         heart[key] = np.full(n, _FAR, dtype=np.float32)
         heart[key][idx] = val
+    return heart
 
-    def to_body(points: Sequence[float]) -> np.ndarray:
-        return anat.heart_center + s * (anat.heart_rotation @ np.asarray(points, dtype=np.float64))
 
-    # --- torso ---------------------------------------------------------------------------------
+def _torso(anat: Anatomy, q: np.ndarray) -> _Torso:
+    """The body ellipse (tapering toward the shoulders) and the depth of every point inside the skin."""
+    qx, qy, qz = q[0], q[1], q[2]
     ax, ay = anat.body_axes
     bx, by = anat.body_center
     taper = 1.0 - 0.06 * np.clip(qz, -100, 100) / 100.0  # a little narrower toward the shoulders
@@ -300,37 +319,41 @@ def _render(anat: Anatomy, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     k0 = np.sqrt(ex * ex + ey * ey)
     k1 = np.sqrt((ex / ax_eff) ** 2 + (ey / ay_eff) ** 2)
     depth = -(k0 * (k0 - 1.0) / np.maximum(k1, 1e-6))  # mm inside the skin
-
-    # Table under the patient.
-    table_y = by + ay + 9.0
-    hu[(qy > table_y) & (qy < table_y + 6.0) & (np.abs(qx) < 95.0)] = 150.0
-
-    # Body wall: skin, subcutaneous fat, muscle (pectorals in front, paraspinal muscles behind).
     inside = depth > 0
-    hu[inside] = 20.0
     fat_end = 1.5 + anat.fat_mm * (1.0 + 0.25 * np.cos(2 * np.arctan2(qy - by, qx - bx)))
-    hu[inside & (depth > 1.5) & (depth < fat_end)] = -105.0
     pect = 8.0 * np.exp(-(((np.abs(qx) - 40.0) / 22.0) ** 2)) * (qy < by - 20)
     spinal = 24.0 * np.exp(-((qx / 22.0) ** 2)) * (qy > by)
     muscle_end = fat_end + anat.muscle_mm + pect + spinal
-    hu[inside & (depth >= fat_end)] = 50.0
     wall_end = muscle_end + 5.0  # ribs and intercostal muscle
-    cavity = depth > wall_end
+    return _Torso(qx, qy, qz, bx, by, ay, depth, inside, fat_end, pect, muscle_end, wall_end, depth > wall_end)
 
+
+def _paint_wall(t: _Torso, hu: np.ndarray) -> None:
+    """Table, body wall (skin, subcutaneous fat, muscle), ribs and sternum."""
+    qx, qy, qz, by = t.qx, t.qy, t.qz, t.by
+    # Table under the patient.
+    table_y = by + t.ay + 9.0
+    hu[(qy > table_y) & (qy < table_y + 6.0) & (np.abs(qx) < 95.0)] = 150.0
+    # Body wall: skin, subcutaneous fat, muscle (pectorals in front, paraspinal muscles behind).
+    hu[t.inside] = 20.0
+    hu[t.inside & (t.depth > 1.5) & (t.depth < t.fat_end)] = -105.0
+    hu[t.inside & (t.depth >= t.fat_end)] = 50.0
     # Ribs: arcs running down toward the front, in bands along z.
     phase = np.mod(qz + 0.45 * (by - qy) + 0.15 * np.abs(qx), 21.0)
-    ribs = (depth > muscle_end) & (depth < wall_end) & (phase < 7.0) & ~((qy < by - 20) & (np.abs(qx) < 20))
+    ribs = (t.depth > t.muscle_end) & (t.depth < t.wall_end) & (phase < 7.0) & ~((qy < by - 20) & (np.abs(qx) < 20))
     hu[ribs] = 450.0
     hu[ribs & (phase > 2.0) & (phase < 5.0)] = 220.0  # marrow
-
     # Sternum.
-    sternum_y = by - ay * 0.94 + fat_end + 8.0 + pect
-    sternum = (np.abs(qx) < 13.0) & (np.abs(qy - sternum_y) < 5.0) & inside
+    sternum_y = by - t.ay * 0.94 + t.fat_end + 8.0 + t.pect
+    sternum = (np.abs(qx) < 13.0) & (np.abs(qy - sternum_y) < 5.0) & t.inside
     hu[sternum] = 250.0
     hu[sternum & ((np.abs(qx) > 10.5) | (np.abs(qy - sternum_y) > 3.0))] = 500.0
 
-    # Spine: vertebral bodies with discs, canal, posterior arch.
-    vb_x, vb_y, vb_r = bx, by + ay - 27.0, 13.0
+
+def _paint_spine(t: _Torso, hu: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """Vertebral bodies with discs, canal, posterior arch; (body centre y, body radius, spine region)."""
+    qx, qy, qz = t.qx, t.qy, t.qz
+    vb_x, vb_y, vb_r = t.bx, t.by + t.ay - 27.0, 13.0
     r_vb = np.sqrt((qx - vb_x) ** 2 + (qy - vb_y) ** 2)
     vertebra = r_vb < vb_r
     hu[vertebra] = 260.0
@@ -342,33 +365,39 @@ def _render(anat: Anatomy, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     spinous = (np.abs(qx - vb_x) < 3.0) & (qy > canal_y) & (qy < canal_y + 24.0)
     hu[arch | spinous] = 480.0
     hu[r_canal < 7.0] = 25.0
-    spine_region = (r_vb < vb_r + 4.0) | (r_canal < 14.0) | ((np.abs(qx - vb_x) < 7.0) & (qy > vb_y))
+    return vb_y, vb_r, (r_vb < vb_r + 4.0) | (r_canal < 14.0) | ((np.abs(qx - vb_x) < 7.0) & (qy > vb_y))
 
-    # Thoracic cavity: mediastinal fat by default; lungs painted below.
-    hu[cavity] = -90.0
 
-    # Diaphragm: two domes, the right one higher; the abdomen (liver right, stomach left) below.
+def _paint_abdomen(anat: Anatomy, t: _Torso, q: np.ndarray, spine_region: np.ndarray, hu: np.ndarray) -> np.ndarray:
+    """Diaphragm (two domes, the right one higher) and the abdomen below it: liver right, stomach
+    gas left. Returns the points below the diaphragm."""
+    qx, qy, qz, bx, by = t.qx, t.qy, t.qz, t.bx, t.by
     r2 = (qy - by - 5.0) ** 2
     below = qz < np.maximum(anat.diaphragm_z + 8.0 - ((qx + 35.0) ** 2 + r2) / 160.0,
                             anat.diaphragm_z - ((qx - 38.0) ** 2 + r2) / 160.0)
-    abdomen = cavity & below & ~spine_region
+    abdomen = t.cavity & below & ~spine_region
     hu[abdomen] = 45.0
     liver = abdomen & (qx < bx + 12.0 + 0.3 * (qy - by))
     hu[liver] = anat.liver_hu
     gas = _ellipsoid(q, (bx + 45.0, by - 15.0, anat.diaphragm_z - 22.0), (20.0, 16.0, 10.0)) < 0
     hu[abdomen & ~liver & gas] = -950.0
+    return below
 
-    # Great vessels, airway, esophagus in the body frame, joined to the (rotated) heart.
+
+def _body_tubes(anat: Anatomy, t: _Torso, q: np.ndarray, vb_y: float) -> dict[str, np.ndarray]:
+    """Signed distances of the great vessels, airway and esophagus in the body frame, joined to the
+    (rotated) heart: aorta (arch and descending), svc, ivc, airway, eso."""
+    bx = t.bx
     z_top = 110.0
     desc_x, desc_y = bx + 17.0, vb_y - 12.0
-    ao_top = to_body(_AO_PATH[-1])
+    ao_top = _to_body(anat, _AO_PATH[-1])
     arch_path = _curve([ao_top, ao_top + (-1.0, 6.0, 16.0), (desc_x - 4.0, desc_y - 6.0, ao_top[2] + 22.0),
                         (desc_x, desc_y, ao_top[2] + 2.0), (desc_x, desc_y, ao_top[2] - 20.0)], 12)
     d_aorta = np.minimum(_tube(q, arch_path, 10.0), _tube(q, np.array([arch_path[-1], (desc_x, desc_y, -z_top)]), 9.5))
-    ra_top = to_body(_RA_C + (2.0, 0.0, 12.0))
+    ra_top = _to_body(anat, _RA_C + (2.0, 0.0, 12.0))
     svc_path = [(ra_top[0] + 2.0, ra_top[1] - 4.0, z_top), (ra_top[0] + 3.0, ra_top[1] - 2.0, ra_top[2] + 30.0), ra_top]
     d_svc = _tube(q, _curve(svc_path, 6), 7.5)
-    ra_bottom = to_body(_RA_C + (6.0, 4.0, -12.0))
+    ra_bottom = _to_body(anat, _RA_C + (6.0, 4.0, -12.0))
     d_ivc = _tube(q, np.array([ra_bottom, (ra_bottom[0] + 6.0, ra_bottom[1] + 8.0, -z_top)]), 9.0)
     carina = np.array([bx + 1.0, vb_y - 26.0, ao_top[2] + 4.0])
     d_airway = np.minimum.reduce([
@@ -377,44 +406,52 @@ def _render(anat: Anatomy, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         _tube(q, _curve([carina, carina + (20.0, 4.0, -10.0), carina + (36.0, 10.0, -26.0)], 4), (5.5, 4.0)),
     ])
     d_eso = _tube(q, np.array([(bx + 3.0, vb_y - 18.0, z_top), (bx + 5.0, vb_y - 18.0, -z_top)]), 6.0)
+    return {"aorta": d_aorta, "svc": d_svc, "ivc": d_ivc, "airway": d_airway, "eso": d_eso}
 
-    chambers = np.minimum.reduce([heart["lv_out"], heart["rv"], heart["la"], heart["ra"]])
-    vessels = np.minimum.reduce([heart["ao"], heart["pa"], heart["pvs"], d_aorta, d_svc, d_ivc])
 
-    # Lungs: the cavity minus the mediastinum (heart, vessels, airway walls, spine, a central band
-    # that is narrow in front of the heart and wider behind it).
+def _lung_mask(anat: Anatomy, t: _Torso, heart: dict[str, np.ndarray], chambers: np.ndarray,
+               tubes: dict[str, np.ndarray], below: np.ndarray, spine_region: np.ndarray, vb_y: float,
+               vb_r: float) -> np.ndarray:
+    """The cavity minus the mediastinum (heart, vessels, airway walls, spine, a central band that is
+    narrow in front of the heart and wider behind it)."""
+    vessels = np.minimum.reduce([heart["ao"], heart["pa"], heart["pvs"], tubes["aorta"], tubes["svc"], tubes["ivc"]])
     heart_y = float(anat.heart_center[1])
-    band_half = np.where(qy > heart_y + 10.0, 25.0, 9.0)
-    mediastinum = (np.abs(qx - bx - 2.0) < band_half) & (qy < vb_y + vb_r)
-    lung = (cavity & ~below & ~mediastinum & ~spine_region & (chambers > 5.0) & (vessels > 3.0)
-            & (d_airway > 2.0) & (d_eso > 3.0))
+    band_half = np.where(t.qy > heart_y + 10.0, 25.0, 9.0)
+    mediastinum = (np.abs(t.qx - t.bx - 2.0) < band_half) & (t.qy < vb_y + vb_r)
+    return (t.cavity & ~below & ~mediastinum & ~spine_region & (chambers > 5.0) & (vessels > 3.0)
+            & (tubes["airway"] > 2.0) & (tubes["eso"] > 3.0))
+
+
+def _paint_lungs(anat: Anatomy, t: _Torso, q: np.ndarray, lung: np.ndarray, hu: np.ndarray) -> None:
+    """Lung parenchyma (denser posteriorly) with a vessel-like texture: where two smooth random
+    fields both come near zero (curves, not sheets), thicker near the hila."""
     li = np.flatnonzero(lung)
     lq = q[:, li]
-    # Vessel-like texture: where two smooth random fields both come near zero (curves, not
-    # sheets), thicker near the hila.
     f1 = np.cos((2 * np.pi * anat.lung_freqs[0]).astype(np.float32) @ lq + anat.lung_phases[0].astype(np.float32)[:, None]).sum(0)
     f2 = np.cos((2 * np.pi * anat.lung_freqs[1]).astype(np.float32) @ lq + anat.lung_phases[1].astype(np.float32)[:, None]).sum(0)
-    r_hil = np.minimum.reduce([np.sqrt(((lq - to_body((sx * 34.0, 16.0, 34.0)).astype(np.float32)[:, None]) ** 2).sum(0))
+    r_hil = np.minimum.reduce([np.sqrt(((lq - _to_body(anat, (sx * 34.0, 16.0, 34.0)).astype(np.float32)[:, None]) ** 2).sum(0))
                                for sx in (-1.0, 1.0)])
     thick = 0.32 * (1.0 + 1.5 * np.exp(-r_hil / 35.0))
     vessel = (np.abs(f1) < thick) & (np.abs(f2) < thick)
-    lung_hu = -870.0 + 50.0 * np.clip((lq[1] - by + ay) / (2 * ay), 0, 1)  # denser posteriorly
+    lung_hu = -870.0 + 50.0 * np.clip((lq[1] - t.by + t.ay) / (2 * t.ay), 0, 1)  # denser posteriorly
     hu[li] = np.where(vessel, 100.0 + 0.4 * anat.right_hu, lung_hu)
 
-    # Airway: wall then air; esophagus.
-    hu[d_airway < 1.5] = 40.0
-    hu[d_airway < 0.0] = -1000.0
-    hu[d_eso < 0.0] = 35.0
 
+def _paint_mediastinum(anat: Anatomy, heart: dict[str, np.ndarray], chambers: np.ndarray,
+                       tubes: dict[str, np.ndarray], hu: np.ndarray, lab: np.ndarray) -> None:
+    """Airway, esophagus, pericardial fat, contrast vessels, walls, then the labeled heart
+    structures (later wins)."""
+    # Airway: wall then air; esophagus.
+    hu[tubes["airway"] < 1.5] = 40.0
+    hu[tubes["airway"] < 0.0] = -1000.0
+    hu[tubes["eso"] < 0.0] = 35.0
     # Pericardial fat around the heart and the roots of the great vessels.
     hu[(chambers < 4.0) | (np.minimum(heart["ao"], heart["pa"]) < 3.0)] = -80.0
-
     # Unlabeled contrast vessels.
-    hu[d_ivc < 0.0] = anat.liver_hu + 15.0
-    hu[d_svc < 0.0] = anat.right_hu + 120.0
+    hu[tubes["ivc"] < 0.0] = anat.liver_hu + 15.0
+    hu[tubes["svc"] < 0.0] = anat.right_hu + 120.0
     hu[heart["pvs"] < 0.0] = anat.left_hu
-    hu[d_aorta < 0.0] = anat.left_hu
-
+    hu[tubes["aorta"] < 0.0] = anat.left_hu
     # Walls (myocardium of the other chambers), then the labeled structures; later wins.
     hu[np.minimum.reduce([heart["rv"], heart["ra"], heart["la"]]) < 2.5] = 70.0
     hu[np.minimum(heart["pa"], heart["ao"]) < 1.5] = 60.0
@@ -431,6 +468,28 @@ def _render(anat: Anatomy, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         m = heart[key] < 0.0
         hu[m] = value
         lab[m] = label
+
+
+def _render(anat: Anatomy, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Noise-free, unblurred HU (float32) and labels (uint8) at physical points ``x`` (3, N).
+
+    A painter's algorithm: each step paints over the previous ones, in this order.
+    """
+    n = x.shape[1]
+    hu = np.full(n, AIR_HU, dtype=np.float32)
+    lab = np.zeros(n, dtype=np.uint8)
+    # A smooth deformation of the whole case: anatomy is evaluated at q = x + w(x).
+    q = x + _wave_field(x, anat.warp_freqs, anat.warp_phases, anat.warp_amps)
+    heart = _heart_at(anat, q)
+    t = _torso(anat, q)
+    _paint_wall(t, hu)
+    vb_y, vb_r, spine_region = _paint_spine(t, hu)
+    hu[t.cavity] = -90.0  # thoracic cavity: mediastinal fat by default; lungs painted below
+    below = _paint_abdomen(anat, t, q, spine_region, hu)
+    tubes = _body_tubes(anat, t, q, vb_y)
+    chambers = np.minimum.reduce([heart["lv_out"], heart["rv"], heart["la"], heart["ra"]])
+    _paint_lungs(anat, t, q, _lung_mask(anat, t, heart, chambers, tubes, below, spine_region, vb_y, vb_r), hu)
+    _paint_mediastinum(anat, heart, chambers, tubes, hu, lab)
     return hu, lab
 
 

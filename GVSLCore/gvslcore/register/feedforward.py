@@ -1,0 +1,51 @@
+"""The network's field at the working grid: load a GVSL pre-trained model (Z-Matching head) and
+predict the affine and the residual displacement of one pair in one forward pass."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import InputError
+
+
+def load_registration_model(path: str, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A GVSLNet (Z-Matching head) from a model file, checkpoint or run folder."""
+    from ..bundle import resolve_model
+    from ..nets import GVSLNet
+    from ..zoo import locate_model
+
+    path = locate_model(path)
+    state, meta = resolve_model(path, device=str(device))
+    arch = meta.get("architecture", {})
+    if arch.get("name") != "GVSLNet" or meta.get("task") != "pretrain":
+        raise InputError(f"{path} is a {arch.get('name', 'unknown')} model ({meta.get('task')}); registration needs a "
+                         "GVSL pre-trained model (gvsl pretrain) or --model none")
+    model = GVSLNet(int(arch.get("width", 32)), int(arch.get("in_channels", 1)))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise InputError(f"{path}: weights do not fit GVSLNet(width={arch.get('width')}): "
+                         f"{str(exc).splitlines()[0]}; give a model written by gvsl pretrain") from None
+    return model.to(device).eval(), meta
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, fixed_w: torch.Tensor, moving_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feed-forward Z-Matching on the working grid.
+
+    Args:
+        fixed_w, moving_w: (1, 1, D, H, W) in [0, 1].
+
+    Returns:
+        affine (3, 4) in working voxels, (z, y, x), about the grid centre; residual (1, 3, D, H, W) voxels.
+    """
+    shape = fixed_w.shape[2:]
+    affine, residual, _, _ = model.match(model.unet.features(fixed_w), model.unet.features(moving_w), shape)
+    return affine[0].float().clone(), residual.float().clone()
+
+
+def identity_affine(device: torch.device | str) -> torch.Tensor:
+    """(3, 4) identity in working voxels: the start without a model, or when its prediction is rejected."""
+    return torch.cat([torch.eye(3), torch.zeros(3, 1)], dim=1).to(device)
