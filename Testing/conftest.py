@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,3 +28,14 @@ def oblique_image() -> sitk.Image:
     rot = rot @ np.diag([1, -1, -1])  # plus a half turn about x: not a plain axis permutation
     image.SetDirection(tuple(rot.ravel()))
     return image
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory) -> Path:
+    """Two small noise volumes (2 mm, non-cubic) for runs that only need something to read."""
+    folder = tmp_path_factory.mktemp("volumes")
+    for i, shape in enumerate([(20, 24, 28), (24, 24, 24)]):
+        image = sitk.GetImageFromArray((np.random.default_rng(i).normal(size=shape) * 400.0).astype(np.float32))
+        image.SetSpacing((2.0, 2.0, 2.0))
+        sitk.WriteImage(image, str(folder / f"vol{i}.nii.gz"))
+    return folder

@@ -217,15 +217,6 @@ def test_an_output_under_proc_is_one_line(tmp_path, capsys, output):
 
 # -- 5. absurd options: one line, before any run folder -----------------------------------------------
 
-@pytest.fixture(scope="module")
-def volumes(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("volumes")
-    for i, shape in enumerate([(20, 24, 28), (24, 24, 24)]):
-        image = sitk.GetImageFromArray((np.random.default_rng(i).normal(size=shape) * 400.0).astype(np.float32))
-        image.SetSpacing((2.0, 2.0, 2.0))
-        sitk.WriteImage(image, str(folder / f"vol{i}.nii.gz"))
-    return folder
-
 
 def _pretrain(data: Path, out: Path, *extra: str) -> list[str]:
     return ["pretrain", "--data", str(data), "--out", str(out), "--steps", "2", "--patch", "16", "--width", "4",

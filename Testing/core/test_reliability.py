@@ -131,15 +131,6 @@ def test_cli_full_disk_is_one_line(small_disk, tmp_path, capsys):
 
 # -- 3. run folders ---------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def volumes(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("volumes")
-    for i, shape in enumerate([(20, 24, 28), (24, 24, 24)]):
-        image = sitk.GetImageFromArray((np.random.default_rng(i).normal(size=shape) * 400.0).astype(np.float32))
-        image.SetSpacing((2.0, 2.0, 2.0))
-        sitk.WriteImage(image, str(folder / f"vol{i}.nii.gz"))
-    return folder
-
 
 def pretrain(data: Path, out: Path, steps: int, *extra: str) -> list[str]:
     return ["pretrain", "--data", str(data), "--out", str(out), "--steps", str(steps), "--patch", "16", "--width", "4",
