@@ -109,11 +109,63 @@ def random_patch(
     return np.array(crop, dtype=np.float32)
 
 
+def body_box(volume: np.ndarray, threshold: float = 0.25, step: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) voxel indices (z, y, x) of the voxels above ``threshold`` (the body: -512 HU in the CT
+    window), read on every ``step``-th voxel; the whole volume when nothing is above it."""
+    sub = np.asarray(volume[::step, ::step, ::step]) > threshold
+    where = np.argwhere(sub)
+    if where.size == 0:
+        return np.zeros(3, dtype=np.int64), np.asarray(volume.shape, dtype=np.int64) - 1
+    hi = np.minimum(where.max(0) * step + step - 1, np.asarray(volume.shape) - 1)
+    return where.min(0) * step, hi
+
+
+def body_patch(volume: np.ndarray, box: tuple[np.ndarray, np.ndarray], size: Sequence[int],
+               relative: Sequence[float]) -> np.ndarray:
+    """A (z, y, x) crop of ``size`` whose centre lies at fraction ``relative`` of the body ``box``
+    (zero-padded where it leaves the volume): two scans of a body region cropped at the same
+    fraction of their bodies show roughly the same anatomy, whatever their fields of view."""
+    lo, hi = (np.asarray(b, dtype=np.float64) for b in box)
+    out = np.zeros(tuple(size), dtype=np.float32)
+    src, dst = [], []
+    for axis, n in enumerate(size):
+        centre = lo[axis] + float(relative[axis]) * (hi[axis] - lo[axis])
+        start = int(round(centre - (n - 1) / 2.0))
+        a, b = max(start, 0), min(start + n, volume.shape[axis])
+        if b <= a:
+            return out
+        src.append(slice(a, b))
+        dst.append(slice(a - start, b - start))
+    out[tuple(dst)] = volume[tuple(src)]
+    return out
+
+
+def _zoomed(crop: np.ndarray, patch: Sequence[int]) -> np.ndarray:
+    """``crop`` resampled (trilinear, align_corners) onto ``patch`` voxels."""
+    if tuple(crop.shape) == tuple(patch):
+        return crop
+    t = torch.from_numpy(np.ascontiguousarray(crop))[None, None]
+    return torch.nn.functional.interpolate(t, size=tuple(patch), mode="trilinear", align_corners=True)[0, 0].numpy()
+
+
 class PairPatchDataset(torch.utils.data.Dataset):
     """GVSL training samples: (A, t(A), B) patches of two different volumes.
 
     Sample ``index`` is drawn with ``numpy.random.default_rng([seed, index])``: identical whatever
     the worker, rank or restart.
+
+    Args:
+        volumes: preprocessed (z, y, x) arrays in [0, 1].
+        patch: network patch (z, y, x) voxels.
+        seed: the sample stream.
+        appearance: the appearance transforms of the view t(A).
+        groups: a group id per volume (e.g. its body region); the two volumes of a pair come from
+            one group (None: any two volumes).
+        zoom: (lo, hi) range of a field-of-view factor drawn per pair: both crops take
+            ``zoom * patch`` voxels, resampled to ``patch`` (scale augmentation; None: no zoom).
+        body_relative: place both crops at one fraction of each volume's body box (None keeps the
+            original behaviour: one fraction of each volume's free range).
+        weights: how often each volume is the fixed one of a pair (None: equally often).
 
     Returns three float32 tensors (1, *patch): fixed A, its appearance-transformed view t(A)
     (the network input), and moving B.
@@ -125,6 +177,10 @@ class PairPatchDataset(torch.utils.data.Dataset):
         patch: Sequence[int],
         seed: int = 0,
         appearance: AppearanceConfig | None = None,
+        groups: Sequence[int] | None = None,
+        zoom: tuple[float, float] | None = None,
+        body_relative: bool = False,
+        weights: Sequence[float] | None = None,
     ) -> None:
         if len(volumes) < 2:
             raise InputError("GVSL pre-training needs at least two different volumes to pair; add more volumes to --data")
@@ -132,18 +188,54 @@ class PairPatchDataset(torch.utils.data.Dataset):
         self.patch = tuple(int(p) for p in patch)
         self.seed = int(seed)
         self.appearance = appearance or AppearanceConfig()
+        self.zoom = zoom
+        self.boxes = [body_box(v) for v in self.volumes] if body_relative else None
+        self.weights = None
+        if weights is not None:
+            w = np.asarray(weights, dtype=np.float64)
+            if w.shape != (len(self.volumes),) or (w < 0).any() or w.sum() <= 0:
+                raise ValueError("one non-negative weight per volume, not all zero")
+            self.weights = w / w.sum()
+        group_of = list(groups) if groups is not None else [0] * len(self.volumes)
+        if len(group_of) != len(self.volumes):
+            raise ValueError("one group per volume")
+        members: dict[int, list[int]] = {}
+        for i, g in enumerate(group_of):
+            members.setdefault(int(g), []).append(i)
+        # A volume alone in its group is paired with any other volume.
+        self.partners = [[j for j in (members[int(g)] if len(members[int(g)]) > 1 else range(len(self.volumes))) if j != i]
+                         for i, g in enumerate(group_of)]
 
     def __len__(self) -> int:
         return 2**62
 
+    def _pair(self, rng: np.random.Generator) -> tuple[int, int]:
+        plain = self.boxes is None and self.zoom is None and self.weights is None
+        if plain and all(len(p) == len(self.volumes) - 1 for p in self.partners):
+            i, j = rng.choice(len(self.volumes), size=2, replace=False)  # the original stream, unchanged
+            return int(i), int(j)
+        i = int(rng.choice(len(self.volumes), p=self.weights)) if self.weights is not None else int(rng.integers(len(self.volumes)))
+        return i, int(self.partners[i][int(rng.integers(len(self.partners[i])))])
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, int(index)])
-        i, j = rng.choice(len(self.volumes), size=2, replace=False)
+        i, j = self._pair(rng)
         # Both crops at the same relative place: the pair shows roughly the same anatomy, so
         # there is a correspondence to learn (two unrelated regions teach matching nothing).
         where = rng.random(3)
-        fixed = random_patch(self.volumes[i], self.patch, rng, where)
-        moving = random_patch(self.volumes[j], self.patch, rng, where)
+        size = self.patch
+        if self.zoom is not None:
+            factor = float(rng.uniform(*self.zoom))
+            size = tuple(max(2, int(round(p * factor))) for p in self.patch)
+        if self.boxes is not None:
+            # The box's corners are air around a round body: keep the centres off its outer fifth.
+            where = 0.2 + 0.6 * where
+            fixed = body_patch(self.volumes[i], self.boxes[i], size, where)
+            moving = body_patch(self.volumes[j], self.boxes[j], size, where)
+        else:
+            fixed = random_patch(self.volumes[i], size, rng, where)
+            moving = random_patch(self.volumes[j], size, rng, where)
+        fixed, moving = _zoomed(fixed, self.patch), _zoomed(moving, self.patch)
         view = appearance_transform(fixed, rng, self.appearance)
         return torch.from_numpy(fixed[None]), torch.from_numpy(view[None]), torch.from_numpy(moving[None])
 

@@ -77,6 +77,10 @@ class PretrainConfig:
     bf16: bool = True
     compile: bool = False  # torch.compile the model (measure first: benchmarks/pretrain_speed.py)
     channels_last: bool = False  # channels-last-3d memory format for weights and inputs
+    pairs: str = "any"  # "any": any two volumes; "folder": two volumes of one --data folder (one body region)
+    zoom: tuple[float, float] | None = None  # field-of-view factor range per pair (scale augmentation)
+    body_relative: bool = False  # crop both volumes at one fraction of their body boxes
+    balance_folders: bool = False  # each --data folder gives the fixed volume equally often
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -161,10 +165,25 @@ def check_inputs(cfg: PretrainConfig, resume: bool, check_folder: bool = False) 
         raise InputError(f"found only one volume ({paths[0]}); GVSL pairs two different volumes, add at least one more to --data")
     if cfg.steps < 1:
         raise InputError("--steps must be at least 1")
+    if cfg.pairs not in ("any", "folder"):
+        raise InputError(f"--pairs {cfg.pairs} is not valid; give 'any' or 'folder'")
+    if cfg.zoom is not None and not (0.0 < cfg.zoom[0] <= cfg.zoom[1]):
+        raise InputError(f"--zoom {cfg.zoom[0]} {cfg.zoom[1]} is not valid; give LO HI with 0 < LO <= HI, e.g. 0.8 1.25")
     if not check_folder:
         return paths
     check_run_folder(cfg.out, resume)
     return paths
+
+
+def folder_groups(folders, paths: list[Path]) -> list[int]:
+    """For each volume of ``paths`` (as :func:`collect_volumes` lists them), the index of the
+    ``--data`` folder it came from."""
+    groups: list[int] = []
+    for k, folder in enumerate(folders):
+        groups += [k] * len(collect_volumes([folder]))
+    if len(groups) != len(paths):  # cannot happen unless a folder changed meanwhile
+        raise InputError("the --data folders changed while the run started; start it again")
+    return groups
 
 
 def run_pretrain(cfg: PretrainConfig, progress: str = "bar", resume: bool = False) -> int:
@@ -206,7 +225,14 @@ def _train(cfg: PretrainConfig, ctx: DistContext, paths: list[Path], progress: s
         barrier(ctx)
         if ctx.local_rank != 0:
             volumes = [cache.get(p, prep) for p in paths]
-        dataset = PairPatchDataset(volumes, cfg.patch, cfg.seed)
+        folders = folder_groups(cfg.data, paths) if (cfg.pairs == "folder" or cfg.balance_folders) else None
+        weights = None
+        if cfg.balance_folders and folders is not None:
+            counts = {g: folders.count(g) for g in set(folders)}
+            weights = [1.0 / counts[g] for g in folders]
+        dataset = PairPatchDataset(volumes, cfg.patch, cfg.seed, groups=folders if cfg.pairs == "folder" else None,
+                                   zoom=tuple(cfg.zoom) if cfg.zoom else None, body_relative=cfg.body_relative,
+                                   weights=weights)
         loader = torch.utils.data.DataLoader(
             dataset,
             batch_size=cfg.batch,

@@ -24,6 +24,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ncc-weight", type=float, default=1.0)
     p.add_argument("--smooth-weight", type=float, default=1.0)
     p.add_argument("--mse-weight", type=float, default=1.0)
+    p.add_argument("--pairs", choices=["any", "folder"], default="any",
+                   help="'folder': pair two volumes of the same --data folder (one folder per body region); default any")
+    p.add_argument("--zoom", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                   help="scale augmentation: each pair's crops cover LO..HI times the patch's field of view")
+    p.add_argument("--body-relative", action="store_true",
+                   help="crop both volumes of a pair at one fraction of their body (HU > -512) boxes")
+    p.add_argument("--balance-folders", action="store_true",
+                   help="each --data folder gives the first volume of a pair equally often, whatever its size")
     p.add_argument("--log-every", type=int, default=10, help="steps between loss read-backs and progress events")
     p.add_argument("--no-bf16", action="store_true", help="train in float32 on CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (slow first steps; measure before use)")
@@ -51,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
         mse_weight=args.mse_weight,
         compile=args.compile,
         channels_last=args.channels_last,
+        pairs=args.pairs,
+        zoom=tuple(args.zoom) if args.zoom else None,
+        body_relative=args.body_relative,
+        balance_folders=args.balance_folders,
         **training_options(args),
     )
     with memory_errors_as_input(args):
