@@ -89,6 +89,8 @@ class Segmenter:
     source: str = ""
     orientation: str | None = None  # "LPS": the network works on an axis-aligned grid (see prepare_input)
     extra: dict[str, Any] = field(default_factory=dict)
+    locator: Segmenter | None = None  # a coarse first stage that finds the region this model segments
+    region_margin_mm: float = 0.0  # margin around the locator's labels
 
 
 def check_segmentation_metadata(meta: dict[str, Any], source: str) -> None:
@@ -108,23 +110,29 @@ def check_segmentation_metadata(meta: dict[str, Any], source: str) -> None:
         raise InputError(f"{source} has no class count in its metadata; it is not a gvsl segmentation model")
 
 
-def load_segmenter(model: str | os.PathLike, device: str | torch.device = "cpu") -> Segmenter:
-    """Load a segmentation model file, checkpoint, run folder or installed catalog id."""
-    from .bundle import resolve_model
-    from .nets import SegNet
-    from .zoo import locate_model
+LOCATOR_PREFIX = "locator."
+"""Weights of a model's first (locating) stage carry this prefix in the model file; the rest is the
+main network (so a two-stage file still loads as a plain SegNet wherever only one network is wanted)."""
 
-    path = locate_model(model)
-    state, meta = resolve_model(path)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # fp16 files
-    check_segmentation_metadata(meta, str(path))
+
+def split_locator(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(main network, locator) weights of a model file's tensors."""
+    main = {k: v for k, v in state.items() if not k.startswith(LOCATOR_PREFIX)}
+    locator = {k[len(LOCATOR_PREFIX):]: v for k, v in state.items() if k.startswith(LOCATOR_PREFIX)}
+    return main, locator
+
+
+def _build_segmenter(state: dict[str, torch.Tensor], meta: dict[str, Any], source: str, device) -> Segmenter:
+    """One stage: a SegNet from its weights and the metadata that describes it."""
+    from .nets import SegNet
+
     arch = meta["architecture"]
     net = SegNet(int(arch["num_classes"]), int(arch["width"]), int(arch.get("in_channels", 1)),
                  **SegNet.head_options(state))  # type: ignore[arg-type]
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise InputError(f"{path}: weights do not fit the architecture in its metadata ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{source}: weights do not fit the architecture in its metadata ({str(exc).splitlines()[0]})") from None
     net.eval().to(device)
     table = LabelTable.from_list(meta.get("labels") or []) if meta.get("labels") else HEART_LABELS
     prep = meta.get("preprocessing", {})
@@ -137,9 +145,34 @@ def load_segmenter(model: str | os.PathLike, device: str | torch.device = "cpu")
         modality=str(prep.get("modality", "CT")).upper(),
         window=tuple(int(w) for w in window),  # type: ignore[arg-type]
         num_classes=int(arch["num_classes"]),
-        source=str(path),
+        source=source,
         orientation=prep.get("orientation"),
     )
+
+
+def load_segmenter(model: str | os.PathLike, device: str | torch.device = "cpu") -> Segmenter:
+    """Load a segmentation model file, checkpoint, run folder or installed catalog id.
+
+    A model whose metadata has a ``locator`` section is two-stage: the locator (a coarse SegNet,
+    weights ``locator.*``) finds the region, the main network segments it at its own spacing.
+    """
+    from .bundle import resolve_model
+    from .zoo import locate_model
+
+    path = locate_model(model)
+    state, meta = resolve_model(path)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}  # fp16 files
+    check_segmentation_metadata(meta, str(path))
+    main, located = split_locator(state)
+    seg = _build_segmenter(main, meta, str(path), device)
+    loc_meta = meta.get("locator")
+    if loc_meta:
+        if not located:
+            raise InputError(f"{path}: its metadata names a locator stage but the file has no locator.* weights")
+        loc_full = {**meta, **loc_meta, "labels": meta.get("labels")}
+        seg.locator = _build_segmenter(located, loc_full, f"{path} (locator)", device)
+        seg.region_margin_mm = float(loc_meta.get("margin_mm", 20.0))
+    return seg
 
 
 # -- sliding windows -------------------------------------------------------------------------------
@@ -478,6 +511,82 @@ def prepare_input(image: sitk.Image, seg: Segmenter, source: str, check_modality
     return array, resampled
 
 
+def _working_shape(image: sitk.Image, seg: Segmenter) -> tuple[int, int, int]:
+    if seg.orientation == "LPS":
+        size = lps_grid(image, seg.spacing)[1]
+    else:
+        size = [max(1, round(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(), seg.spacing)]
+    return tuple(int(n) for n in reversed(size))  # type: ignore[return-value]
+
+
+def _predict_working(image: sitk.Image, seg: Segmenter, settings: InferenceSettings, device: torch.device,
+                     reporter: Reporter | None, source: str, check_modality: bool, *,
+                     progress_offset: int = 0) -> tuple[sitk.Image, dict[str, Any]]:
+    """One stage on one image: labels on the model's working grid (an image with that grid's
+    geometry) and what ran (windows, device, fallbacks)."""
+    window = tuple(settings.window or seg.window)
+    working_shape = _working_shape(image, seg)
+    check_memory(estimate_memory(image.GetSize(), working_shape, seg.num_classes, window, settings.smooth_resample), source)
+    array, resampled = prepare_input(image, seg, source, check_modality)
+    batch = settings.batch or (4 if device.type == "cuda" else 2)
+    gammas = TTA_GAMMAS if settings.tta else (1.0,)
+    seg.network.to(device)
+    predictor = WindowPredictor(seg.network, device, batch, amp=settings.amp, gammas=gammas)
+    labels_arr = sliding_window_labels(array, predictor, seg.num_classes, window, settings.overlap,
+                                       sigma_scale=settings.sigma_scale, reporter=reporter,
+                                       progress_offset=progress_offset)
+    values = [v for v in seg.table.values if v < seg.num_classes]
+    largest = settings.largest_component
+    if largest is None:
+        largest = bool(seg.metadata.get("inference", {}).get("largest_component", False))
+    if largest:
+        labels_arr = keep_largest_components(labels_arr, values)
+    labels_work = sitk.GetImageFromArray(labels_arr)
+    labels_work.CopyInformation(resampled)
+    info = {"windows": count_windows(array.shape, window, settings.overlap), "window": list(window),
+            "working_shape": list(array.shape), "device": str(predictor.device), "batch": predictor.batch,
+            "fallbacks": predictor.fallbacks}
+    return labels_work, info
+
+
+def _to_input_grid(labels_work: sitk.Image, image: sitk.Image, seg: Segmenter, smooth: bool) -> sitk.Image:
+    values = [v for v in seg.table.values if v < seg.num_classes]
+    same_grid = (labels_work.GetSize() == image.GetSize() and np.allclose(labels_work.GetSpacing(), image.GetSpacing())
+                 and np.allclose(labels_work.GetOrigin(), image.GetOrigin())
+                 and np.allclose(labels_work.GetDirection(), image.GetDirection()))
+    if same_grid:
+        out = sitk.Image(labels_work)
+        out.CopyInformation(image)  # bit-exact geometry, not merely within tolerance
+        return out
+    return labels_to_grid(labels_work, image, values, smooth=smooth)
+
+
+def region_around(labels_work: sitk.Image, image: sitk.Image, margin_mm: float) -> tuple[list[int], list[int]] | None:
+    """(index, size) of the part of ``image``'s grid within ``margin_mm`` (along the working grid's
+    axes) of the largest connected labelled piece of ``labels_work``; None when nothing is labelled."""
+    from scipy import ndimage
+
+    arr = sitk.GetArrayViewFromImage(labels_work) > 0
+    pieces, n = ndimage.label(arr, ndimage.generate_binary_structure(3, 3))
+    if n == 0:
+        return None
+    sizes = np.bincount(pieces.ravel())
+    sizes[0] = 0
+    where = np.argwhere(pieces == int(sizes.argmax()))
+    pad = np.asarray(labels_work.GetSpacing())  # one working voxel: the label's own extent
+    lo = where.min(0)[::-1] - (margin_mm / pad + 0.5)  # x y z continuous index of the working grid
+    hi = where.max(0)[::-1] + (margin_mm / pad + 0.5)
+    corners = [labels_work.TransformContinuousIndexToPhysicalPoint([float(c) for c in (i, j, k)])
+               for i in (lo[0], hi[0]) for j in (lo[1], hi[1]) for k in (lo[2], hi[2])]
+    idx = np.array([image.TransformPhysicalPointToContinuousIndex(c) for c in corners])
+    size = np.asarray(image.GetSize())
+    start = np.clip(np.floor(idx.min(0)).astype(int), 0, size)
+    stop = np.clip(np.ceil(idx.max(0)).astype(int) + 1, 0, size)
+    if (stop <= start).any():
+        return None
+    return [int(v) for v in start], [int(v) for v in stop - start]
+
+
 def segment_image(
     image: sitk.Image,
     seg: Segmenter,
@@ -489,8 +598,12 @@ def segment_image(
 ) -> tuple[sitk.Image, dict[str, Any]]:
     """Segment one volume; the label image has ``image``'s exact grid.
 
+    A two-stage model (``seg.locator``) first finds its region with the locator on the whole
+    volume (a quarter overlap, no TTA), then segments only that region (``seg.region_margin_mm``
+    around the locator's largest labelled piece) at its own spacing; outside it, background.
+
     Returns:
-        (labels uint8 image, info dict: windows, working shape, device, fallbacks).
+        (labels uint8 image, info dict: windows, working shape, device, fallbacks, region).
     """
     from .engine import resolve_device
 
@@ -498,49 +611,43 @@ def segment_image(
     if not 0.0 <= settings.overlap < 1.0:
         raise InputError(f"--overlap {settings.overlap} is not valid; give a fraction in [0, 1), e.g. 0.5")
     device = resolve_device(settings.device)
-    window = tuple(settings.window or seg.window)
-    if seg.orientation == "LPS":
-        working_size = lps_grid(image, seg.spacing)[1]
-    else:
-        working_size = [max(1, round(n * s / t)) for n, s, t in zip(image.GetSize(), image.GetSpacing(), seg.spacing)]
-    working_shape = tuple(int(n) for n in reversed(working_size))
-    check_memory(estimate_memory(image.GetSize(), working_shape, seg.num_classes, window, settings.smooth_resample), source)
-
-    array, resampled = prepare_input(image, seg, source, check_modality)
-    batch = settings.batch or (4 if device.type == "cuda" else 2)
-    gammas = TTA_GAMMAS if settings.tta else (1.0,)
-    seg.network.to(device)
-    predictor = WindowPredictor(seg.network, device, batch, amp=settings.amp, gammas=gammas)
-    n_windows = count_windows(array.shape, window, settings.overlap)
+    target, region, done = image, None, 0
+    info: dict[str, Any] = {}
+    if seg.locator is not None:
+        loc_settings = InferenceSettings(overlap=0.25, tta=False, largest_component=True, smooth_resample=False,
+                                         device=settings.device, amp=settings.amp, batch=settings.batch)
+        loc_windows = count_windows(_working_shape(image, seg.locator), seg.locator.window, loc_settings.overlap)
+        if reporter is not None:
+            reporter.start("segment", loc_windows)
+            reporter.stage("locating the region", step=0)
+        located, loc_info = _predict_working(image, seg.locator, loc_settings, device, reporter, source, check_modality)
+        check_modality, done = False, loc_windows
+        region = region_around(located, image, seg.region_margin_mm)
+        info["locator"] = {k: loc_info[k] for k in ("windows", "working_shape")}
+        if region is None:
+            log("warning: the locating stage found nothing; segmenting the whole volume")
+        else:
+            target = sitk.RegionOfInterest(image, region[1], region[0])
+    n_windows = count_windows(_working_shape(target, seg), settings.window or seg.window, settings.overlap)
     if reporter is not None:
-        reporter.start("segment", n_windows)
-    labels_arr = sliding_window_labels(array, predictor, seg.num_classes, window, settings.overlap,
-                                       sigma_scale=settings.sigma_scale, reporter=reporter)
-    values = [v for v in seg.table.values if v < seg.num_classes]
-    largest = settings.largest_component
-    if largest is None:
-        largest = bool(seg.metadata.get("inference", {}).get("largest_component", False))
-    if largest:
-        labels_arr = keep_largest_components(labels_arr, values)
-    labels_work = sitk.GetImageFromArray(labels_arr)
-    labels_work.CopyInformation(resampled)
+        reporter.close()
+        reporter.start("segment", done + n_windows, step=done)
+    labels_work, main_info = _predict_working(target, seg, settings, device, reporter, source, check_modality,
+                                              progress_offset=done)
     if reporter is not None:
-        reporter.stage("resampling to the input grid", step=n_windows)
-    same_grid = (resampled.GetSize() == image.GetSize() and np.allclose(resampled.GetSpacing(), image.GetSpacing())
-                 and np.allclose(resampled.GetOrigin(), image.GetOrigin()))
-    if same_grid:
-        labels_out = labels_work
-        labels_out.CopyInformation(image)  # bit-exact geometry, not merely within tolerance
+        reporter.stage("resampling to the input grid", step=done + n_windows)
+    labels_t = _to_input_grid(labels_work, target, seg, settings.smooth_resample)
+    if region is None:
+        labels_out = labels_t
     else:
-        labels_out = labels_to_grid(labels_work, image, values, smooth=settings.smooth_resample)
-    info = {
-        "windows": n_windows,
-        "window": list(window),
-        "working_shape": list(array.shape),
-        "device": str(predictor.device),
-        "batch": predictor.batch,
-        "fallbacks": predictor.fallbacks,
-    }
+        full = np.zeros(sitk.GetArrayViewFromImage(image).shape, dtype=np.uint8)
+        (x, y, z), (nx, ny, nz) = region
+        full[z : z + nz, y : y + ny, x : x + nx] = sitk.GetArrayViewFromImage(labels_t)
+        labels_out = sitk.GetImageFromArray(full)
+        labels_out.CopyInformation(image)
+        info["region"] = {"index": region[0], "size": region[1]}
+    main_info["windows"] += done
+    info.update(main_info)
     return labels_out, info
 
 
