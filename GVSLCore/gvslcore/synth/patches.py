@@ -56,6 +56,8 @@ class SampleConfig:
     max_rotation_deg: float = 12.0
     scale: tuple[float, float] = (0.88, 1.12)
     elastic_mm: float = 6.0
+    centre_jitter_mm: float = 25.0  # sd of a foreground view's centre around a heart voxel
+    paint_step: float | None = None  # grid (mm) the tissue map is painted on; None: the bank's spacing
     appearance: AppearanceConfig = field(default_factory=AppearanceConfig)
 
 
@@ -97,7 +99,7 @@ class SyntheticHeartPatches(torch.utils.data.Dataset):
         """A view centre in the case's voxel indices (z, y, x)."""
         if len(case.heart_voxels) and rng.random() < self.cfg.foreground:
             voxel = case.heart_voxels[int(rng.integers(len(case.heart_voxels)))].astype(np.float64)
-            return voxel + rng.normal(0.0, 25.0 / case.spacing, size=3)
+            return voxel + rng.normal(0.0, self.cfg.centre_jitter_mm / case.spacing, size=3)
         lo, hi = case.body_box
         return rng.uniform(lo, hi)
 
@@ -108,7 +110,8 @@ class SyntheticHeartPatches(torch.utils.data.Dataset):
         case = self.bank[int(rng.integers(len(self.bank)))]
         centre = self._centre(case, rng)
         linear = _rotation(rng, cfg.max_rotation_deg) @ np.diag(rng.uniform(*cfg.scale, size=3))
-        fine_step = case.spacing
+        # Painting finer than the working grid needs buys nothing: a coarse model paints coarsely.
+        fine_step = max(case.spacing, cfg.paint_step or 0.0)
         extent = np.asarray(cfg.patch) * cfg.spacing
         # The pose is smooth: compute it on a lattice 4x coarser than the fine grid and interpolate
         # (exact for the affine part); fine_n - 1 is a multiple of 4 so that the two grids align.
