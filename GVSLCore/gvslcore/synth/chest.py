@@ -124,7 +124,7 @@ def sample_chest(seed: int) -> ChestParams:
     by = half_depth - front  # the heart centre lies ``front`` behind the anterior skin
     return ChestParams(
         seed=int(seed),
-        half_width=half_depth / rng.uniform(0.66, 0.80),
+        half_width=half_depth / rng.uniform(0.70, 0.86),  # depth / width: 0.72 in the shared chest CTA
         half_depth=half_depth,
         body_center=(-rng.uniform(8.0, 28.0), by),
         fat_mm=fat,

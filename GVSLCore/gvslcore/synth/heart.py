@@ -205,7 +205,7 @@ def landmarks(shape: HeartShape) -> dict[str, np.ndarray]:
     bifurcation = pv + np.array([10.0, 25.0, 36.0]) * shape.pulmonary
     mv = BASE - 7.0 * SEPTAL + 3.0 * INFERIOR
     tv = BASE + (22.0 * shape.rv) * SEPTAL + 6.0 * LONG_AXIS + 10.0 * INFERIOR
-    ra_c = tv + (21.0 * shape.ra) * TV_NORMAL
+    ra_c = tv + (21.0 * shape.ra) * TV_NORMAL + np.array([-7.0, -5.0, 0.0]) * shape.ra  # the right heart border
     # The LA sits on the mitral valve: its floor dips below the base plane over the orifice.
     la_c = mv + (17.0 * shape.la) * -LONG_AXIS + np.array([8.0, 10.0, -2.0]) * shape.la
     la_rows = frame((0.2, 0.3, 1.0), (1.0, 0.0, 0.0))
