@@ -86,7 +86,10 @@ def phase_means(rng: np.random.Generator, cfg: AppearanceConfig) -> tuple[np.nda
         mean[t] = myo + rng.normal(0.0, 8.0)
     mean[T.LUNG_VESSEL] = 0.5 * (left + right) * rng.uniform(0.6, 1.0)
     mean[T.LIVER], mean[T.SPLEEN], mean[T.KIDNEY], mean[T.IVC], mean[T.SVC] = liver, spleen, kidney, ivc, min(svc, 3000.0)
-    texture[[int(t) for t in (*_LEFT, *_RIGHT)]] = rng.uniform(8.0, 25.0)
+    # The coronary sinus returns the myocardium's blood: in an arterial CTA it has had one pass
+    # through the coronary circulation (opacified, below the aorta); later it is mixed venous blood.
+    mean[T.CORONARY_SINUS] = left * rng.uniform(0.45, 0.85) if phase == "arterial" else right
+    texture[[int(t) for t in (*_LEFT, *_RIGHT, T.CORONARY_SINUS)]] = rng.uniform(8.0, 25.0)
     texture[T.LIVER] = texture[T.SPLEEN] = rng.uniform(6.0, 18.0)
     if rng.random() < cfg.p_shuffle:
         jitter = rng.normal(0.0, cfg.shuffle_sd, size=NUM_TISSUES)

@@ -5,26 +5,40 @@ tissues (:class:`gvslcore.synth.tissues.Tissue`) on a grid. Coordinates are phys
 in LPS (+x patient left, +y posterior, +z superior) with the origin at the heart's centre; all
 anatomy is implicit (signed distances), so a case can be rendered on any grid.
 
-Sizes are adult (chest 270-370 mm wide, heart 350-1000 ml), the relations are those a reader of a
+Sizes are adult (chest 300-420 mm wide; chamber volumes fitted per case to adult diastolic ranges), the relations are those a reader of a
 chest CT expects: the right ventricle behind the sternum, the left atrium in front of the
 esophagus and the descending aorta, the liver under the right and central diaphragm touching the
 heart's inferior wall, the lungs around it all. The diaphragm is shaped around each case's heart
-(:func:`_diaphragm_height`), so the heart always rests on it as in a supine patient.
+(``_Chest.heart_support``, on a lattice of the case's own, so any grid or sub-grid of a case gives
+the same tissues), so the heart always rests on it as in a supine patient. The venae cavae, the
+pulmonary veins and arteries and the aortic arch continue the heart's own stumps
+(:mod:`gvslcore.synth.heart`); the superior vena cava runs right of and behind the ascending aorta
+with mediastinal fat between them.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
 
-from .heart import BOX as HEART_BOX
-from .heart import HeartShape, cavity_distances, heart_tissues, landmarks, sample_shape
-from .shapes import FAR, bezier, ellipsoid, in_box, random_rotation, random_waves, tube, wave_field
+from .heart import (
+    HeartShape,
+    cavity_distances,
+    chamber_centres,
+    fit_volumes,
+    heart_points,
+    heart_tissues,
+    landmarks,
+    sample_shape,
+    sample_volumes,
+)
+from .shapes import FAR, bezier, ellipsoid, random_rotation, random_waves, tube, unit, wave_field
 from .tissues import Tissue
 
 T = Tissue
+_LUMENS = np.array([int(t) for t in (T.ARTERY, T.SVC, T.IVC, T.PULMONARY_VEIN, T.PULMONARY_BRANCH)], dtype=np.uint8)
 
 
 @dataclass(frozen=True)
@@ -70,35 +84,54 @@ class ChestParams:
                 np.array([bx + wx, by + self.half_depth + 18.0, 190.0]))
 
 
+_UNIT_VOLUME_ML = 316.0
+"""LV + RV + LA + RA blood (ml) of the heart of :class:`HeartShape` () at scale 1 (measured)."""
+
+
 def sample_chest(seed: int) -> ChestParams:
     """Draw case ``seed`` (independent of any grid)."""
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 71]))
-    heart = sample_shape(rng)
-    s = rng.uniform(0.86, 1.16)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 72]))
+    targets = sample_volumes(rng)
+    aspect = (rng.uniform(0.95, 1.06), rng.uniform(0.88, 1.0), rng.uniform(0.95, 1.06))  # extra stretch of the heart frame
+    # The scale carries the heart's overall size (positions, walls); the chamber factors are then
+    # fitted to the drawn volumes, so they stay near 1 and the proportions stay adult.
+    s = float((sum(targets.values()) / _UNIT_VOLUME_ML) ** (1.0 / 3.0) * rng.uniform(0.95, 1.05))
+    yaw = random_rotation_about(rng, (0.0, 0.0, 1.0), 15.0)
+    tilt = random_rotation_about(rng, (0.0, 1.0, 0.0), 10.0)
+    rotation = random_rotation(rng, 8.0) @ yaw @ tilt
+    warp = random_waves(rng, 4, (110.0, 220.0), rng.uniform(2.0, 6.0), channels=3)
+    heart = replace(sample_shape(rng), scale=s)
+    # The anatomy warp changes volumes by its Jacobian: fit each chamber to the volume that the
+    # warp brings back to its target where that chamber lies.
+    centres = chamber_centres(heart)
+    world = (rotation @ (s * np.asarray(aspect)[:, None] * np.array([centres[k] for k in targets]).T)).T
+    jac = {k: _warp_jacobian(warp, x) for k, x in zip(targets, world)}
+    heart = fit_volumes(heart, {k: v * jac[k] for k, v in targets.items()}, s**3 * float(np.prod(aspect)))
     fat = 3.0 + 27.0 * rng.uniform() ** 1.5  # most patients are lean; some are not
     muscle = rng.uniform(6.0, 18.0)
     spine_r = rng.uniform(15.0, 20.0)
-    # Front to back: wall, a gap, the heart (about 100 mm at scale 1), esophagus, spine, back.
-    aspect = (rng.uniform(0.95, 1.1), rng.uniform(0.8, 0.95), rng.uniform(0.95, 1.1))
-    anterior_wall = fat + muscle + 14.0
-    gap = rng.uniform(1.0, 10.0)
-    front = anterior_wall + gap + 44.0 * s * heart.rv * aspect[1]
+    # Front to back: wall, a gap, the heart (its own anterior and posterior extent), the esophagus,
+    # the spine, the back.
+    room = 26.0 / s + 4.0  # the margin fit_volumes left around the heart's tissues
+    anterior = -(heart.box[0][1] + room) * s * aspect[1]
+    posterior = (heart.box[1][1] + room) * s * aspect[1]
+    anterior_wall = 0.6 * (fat + muscle) + 10.0  # over the sternum: thinner fat, no pectoral muscle
+    gap = rng.uniform(0.0, 8.0)
+    front = anterior_wall + gap + anterior
     back_of_spine = 40.0 + 0.5 * fat + rng.uniform(0.0, 15.0)  # vertebral body's back to the skin
-    back = 54.0 * s * heart.la * aspect[1] + 14.0 + 2.0 * spine_r + back_of_spine
+    back = min(posterior, 75.0 * s) + 6.0 + 2.0 * spine_r + back_of_spine
     half_depth = (front + back) / 2.0
     by = half_depth - front  # the heart centre lies ``front`` behind the anterior skin
-    yaw = random_rotation_about(rng, (0.0, 0.0, 1.0), 15.0)
-    tilt = random_rotation_about(rng, (0.0, 1.0, 0.0), 10.0)
     return ChestParams(
         seed=int(seed),
-        half_width=half_depth / rng.uniform(0.66, 0.82),
+        half_width=half_depth / rng.uniform(0.70, 0.86),  # depth / width: 0.72 in the shared chest CTA
         half_depth=half_depth,
-        body_center=(-rng.uniform(8.0, 30.0), by),
+        body_center=(-rng.uniform(8.0, 28.0), by),
         fat_mm=fat,
         muscle_mm=muscle,
         heart_scale=s,
         heart_aspect=aspect,
-        heart_rotation=random_rotation(rng, 8.0) @ yaw @ tilt,
+        heart_rotation=rotation,
         heart=heart,
         dome_right=rng.uniform(-10.0, 22.0),
         dome_left=rng.uniform(-30.0, 0.0),
@@ -110,10 +143,19 @@ def sample_chest(seed: int) -> ChestParams:
         breasts=bool(rng.random() < 0.3),
         stent=bool(rng.random() < 0.1),
         calcium=int(rng.integers(0, 12)),
-        warp=random_waves(rng, 4, (110.0, 220.0), rng.uniform(2.0, 6.0), channels=3),
+        warp=warp,
         vessel_waves=tuple(random_waves(rng, 6, (18.0, 45.0), 1.0)[:2] for _ in range(2)),  # type: ignore[arg-type]
         fat_waves=random_waves(rng, 5, (40.0, 90.0), 1.0),
     )
+
+
+def _warp_jacobian(warp: tuple[np.ndarray, np.ndarray, np.ndarray], at: np.ndarray) -> float:
+    """det(d(p + warp(p)) / dp) at the point ``at`` (3,): how much the anatomy warp of
+    :func:`render_chest` shrinks volumes there (a shape of volume V in anatomy space covers V / det)."""
+    freqs, phases, amps = warp
+    arg = 2 * np.pi * freqs @ np.asarray(at, dtype=np.float64) + phases  # (K,)
+    grad = (amps * np.cos(arg)[:, None]).T @ (2 * np.pi * freqs)  # (C, 3): d warp_c / d p_j
+    return float(np.linalg.det(np.eye(3) + grad))
 
 
 def random_rotation_about(rng: np.random.Generator, axis, max_deg: float) -> np.ndarray:
@@ -149,32 +191,36 @@ class _Chest:
 
     def to_world(self, h) -> np.ndarray:
         """Heart-frame point(s) (3,) or (M, 3) -> world (same shape)."""
-        h = np.asarray(h, dtype=np.float64)
-        stretch = self.p.heart_scale * np.asarray(self.p.heart_aspect)[:, None]
-        out = (self.p.heart_rotation @ (stretch * h.reshape(-1, 3).T)).T
-        return out.reshape(h.shape)
+        return heart_to_world(self.p, h)
 
     # -- heart ------------------------------------------------------------------------------------
-    def heart(self) -> None:
-        """Heart tissues and the distance to the heart's outer surface (``self.heart_outer``)."""
+    def heart_fields(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """At anatomy points ``q`` (3, N): heart tissue values (255: not heart), the distance (mm) to
+        the heart's outer surface, the height (mm) above the LV base plane and the epicardial fat
+        thickness (mm). A pure function of the points, so any grid (or sub-grid) agrees."""
         p = self.p
-        n = self.q.shape[1]
+        n = q.shape[1]
         # Heart frame: undo the rotation, the scale and the stretch (distances stay in scaled mm).
         stretch = (p.heart_scale * np.asarray(p.heart_aspect)).astype(np.float32)[:, None]
-        h = (p.heart_rotation.T.astype(np.float32) @ self.q) / stretch
-        idx = in_box(h, *HEART_BOX)
+        h = (p.heart_rotation.T.astype(np.float32) @ q) / stretch
+        idx = heart_points(h, p.heart)
         d = cavity_distances(np.ascontiguousarray(h[:, idx]), p.heart)
-        values, outer = heart_tissues(d, p.heart, p.heart_scale)
-        self.heart_values = np.full(n, 255, dtype=np.uint8)
-        self.heart_values[idx] = values
-        self.heart_outer = np.full(n, FAR, dtype=np.float32)
-        self.heart_outer[idx] = outer
-        self.heart_base = np.full(n, FAR, dtype=np.float32)
-        self.heart_base[idx] = d["base"] * np.float32(p.heart_scale)
-        fat_field = wave_field(self.q, *p.fat_waves)[0]
+        values_in, outer_in = heart_tissues(d, p.heart, p.heart_scale)
+        values = np.full(n, 255, dtype=np.uint8)
+        values[idx] = values_in
+        outer = np.full(n, FAR, dtype=np.float32)
+        outer[idx] = outer_in
+        base = np.full(n, FAR, dtype=np.float32)
+        base[idx] = d["base"] * np.float32(p.heart_scale)
+        fat_field = wave_field(q, *p.fat_waves)[0]
         # Epicardial fat: thicker in the atrioventricular groove (near the base plane) and in patches.
-        groove = np.exp(-((self.heart_base + 4.0) / 14.0) ** 2) * 6.0
-        self.fat_thickness = np.clip(p.heart.fat_mm * (1.0 + 0.6 * fat_field) + groove * (p.heart.fat_mm / 5.0), 0.6, 22.0)
+        groove = np.exp(-((base + 4.0) / 14.0) ** 2) * 6.0
+        fat = np.clip(p.heart.fat_mm * (1.0 + 0.6 * fat_field) + groove * (p.heart.fat_mm / 5.0), 0.6, 22.0)
+        return values, outer, base, fat
+
+    def heart(self) -> None:
+        """Heart tissues and the distance to the heart's outer surface (``self.heart_outer``)."""
+        self.heart_values, self.heart_outer, self.heart_base, self.fat_thickness = self.heart_fields(self.q)
 
     def heart_envelope(self, margin: float = 0.0) -> np.ndarray:
         """Points inside the pericardium (heart, epicardial fat, pericardium) plus ``margin`` mm."""
@@ -182,9 +228,11 @@ class _Chest:
 
     def paint_heart(self) -> None:
         c = self.c
-        pericardium = self.heart_envelope()
-        c.paint(pericardium, T.SOFT)
-        c.paint(self.heart_outer < self.fat_thickness, T.MEDIASTINAL_FAT)
+        # Veins and arteries pass through the pericardium into the heart: its fat and serosa are
+        # not painted over their lumens.
+        open_ = ~np.isin(c.tissue, _LUMENS)
+        c.paint(self.heart_envelope() & open_, T.SOFT)
+        c.paint((self.heart_outer < self.fat_thickness) & open_, T.MEDIASTINAL_FAT)
         inside = self.heart_values != 255
         c.tissue[inside] = self.heart_values[inside]
 
@@ -311,7 +359,7 @@ class _Chest:
             c.paint(inside & (d < -2.0), T.MARROW)
             under = path + np.array([0.0, 14.0, -10.0])
             c.paint(inside & (tube(self.q, under, 5.0) < 0), T.SVC)
-            c.paint(inside & (tube(self.q, under + (0.0, 8.0, -4.0), 4.5) < 0), T.ARTERY)
+            c.paint(inside & (tube(self.q, under + (0.0, 12.0, -7.0), 4.5) < 0), T.ARTERY)  # behind the vein, apart
 
     # -- vessels and airways ------------------------------------------------------------------------
     def great_vessels(self) -> None:
@@ -330,17 +378,26 @@ class _Chest:
         arch = bezier([ao_top, ao_top + (2.0, 6.0, 12.0), (desc[0] - 6.0, carina[1] - 4.0, arch_top + 4.0),
                        (desc[0], desc[1] - 6.0, arch_top - 6.0), (desc[0], desc[1], arch_top - 30.0)], 12)
         descending = bezier([arch[-1], (desc[0], desc[1], -60.0), (sx + 4.0, spine_front - 2.0, -170.0)], 8)
-        self.d_arch = np.minimum(tube(q, arch, (13.0 * p.heart.aorta, 12.0)), tube(q, descending, (12.0, 10.5)))
+        self.d_arch = np.minimum(tube(q, arch, (14.0 * p.heart.aorta, 12.0)), tube(q, descending, (12.0, 10.5)))
         branches = [tube(q, bezier([arch[k], arch[k] + (dx, dy, 25.0), arch[k] + (1.5 * dx, dy, 80.0)], 4), r)
                     for k, dx, dy, r in ((2, -10.0, -8.0, 7.0), (4, 2.0, -2.0, 5.0), (6, 8.0, 4.0, 5.5))]
         self.d_branches = np.minimum.reduce(branches)
-        svc_top = np.array([w(lm["svc"])[0] - 4.0, w(lm["svc"])[1] - 6.0, 200.0])
-        svc_path = bezier([w(lm["svc"]), w(lm["svc"]) + (-3.0, -3.0, 30.0), svc_top], 6)
-        self.d_svc = np.minimum(tube(q, svc_path, 9.5),
+        # The superior vena cava continues the heart's stump straight up, right of and behind the
+        # ascending aorta, to the brachiocephalic confluence; the left brachiocephalic vein crosses
+        # in front of the arch's branches.
+        v = p.heart.veins
+        up = unit(w(lm["svc"]) - w(lm["svc_ostium"]))
+        svc_start = w(lm["svc"]) - 6.0 * up
+        svc_top = np.array([svc_start[0] - 3.0, svc_start[1] - 4.0, 200.0])
+        svc_path = bezier([svc_start, svc_start + 30.0 * up + (0.0, 0.0, 10.0), svc_top], 6)
+        self.svc_path = svc_path
+        self.d_svc = np.minimum(tube(q, svc_path, (10.0 * v, 9.0 * v)),
                                 tube(q, bezier([svc_path[4], (svc_path[4][0] + 45.0, svc_path[4][1] - 12.0, svc_path[4][2] + 12.0),
                                                 (svc_path[4][0] + 95.0, svc_path[4][1] - 4.0, svc_path[4][2] + 22.0)], 4), 6.5))
-        ivc_path = bezier([w(lm["ivc"]), w(lm["ivc"]) + (4.0, 8.0, -30.0), (sx - 22.0, spine_front - 4.0, -170.0)], 6)
-        self.d_ivc = tube(q, ivc_path, 11.0)
+        down = unit(w(lm["ivc"]) - w(lm["ivc_ostium"]))
+        ivc_start = w(lm["ivc"]) - 6.0 * down
+        ivc_path = bezier([ivc_start, ivc_start + 30.0 * down + (2.0, 6.0, 0.0), (sx - 22.0, spine_front - 4.0, -170.0)], 6)
+        self.d_ivc = tube(q, ivc_path, 12.0 * v)
         self.d_azygos = tube(q, bezier([(sx - 12.0, sy - 2.0, -170.0), (sx - 12.0, sy - 4.0, carina[2]),
                                         (svc_path[1][0], svc_path[1][1] + 10.0, carina[2] + 8.0), svc_path[1]], 6), 4.0)
         trachea = np.array([(sx + 1.0, carina[1] - 4.0, 200.0), carina])
@@ -353,6 +410,17 @@ class _Chest:
         self.d_eso = tube(q, eso, 7.5)
         self.hila = {side: carina + (side * 55.0, 16.0, -26.0) for side in (-1.0, 1.0)}
         self.calcium_paths = [arch, descending, bezier([w(lm["av"]), ao_top], 4)]
+        # Mediastinal fat between the superior vena cava and the ascending aorta, so the right lung
+        # never slips between them: a sleeve along their mid-line, as wide as their separation.
+        svc_line = np.vstack([w(lm["svc_ostium"]), w(lm["svc"]), svc_path[1:4]])
+        ao_line = np.vstack([w(lm["av"]), w(lm["ao_root_top"]), arch[1:3]])
+        levels = np.linspace(max(svc_line[0, 2], ao_line[0, 2]) + 8.0, min(svc_line[-1, 2], ao_line[-1, 2]), 6)
+        svc_at = np.stack([np.interp(levels, svc_line[:, 2], svc_line[:, k]) for k in range(3)], axis=1)
+        ao_at = np.stack([np.interp(levels, ao_line[:, 2], ao_line[:, k]) for k in range(3)], axis=1)
+        half = 0.5 * np.linalg.norm(svc_at - ao_at, axis=1)
+        self.d_svc_aorta = np.minimum.reduce([
+            tube(q, 0.5 * (svc_at[k : k + 2] + ao_at[k : k + 2]), float(half[k : k + 2].max()) + 2.0, margin=4.0)
+            for k in range(len(levels) - 1)])
         self.arch_top = float(arch_top)
 
     def pulmonary_vessels(self) -> None:
@@ -361,20 +429,70 @@ class _Chest:
         w = self.to_world
         lm = self.lm
         arteries, veins = [], []
-        for side, end in ((1.0, w(lm["lpa_end"])), (-1.0, w(lm["rpa_end"]))):
+        r_branch = 9.8 * self.p.heart.pulmonary
+        for side, key in ((1.0, "lpa_end"), (-1.0, "rpa_end")):
+            end = w(lm[key])
+            along = unit(end - w(lm["bifurcation"]))
             hil = self.hila[side] + (0.0, -6.0, 6.0)
-            arteries.append(tube(q, bezier([end, 0.5 * (end + hil) + (0.0, 6.0, 4.0), hil], 4), (9.5, 7.0)))
+            # On from the labelled stump in its own direction, then to the hilum (the right branch
+            # behind the superior vena cava).
+            arteries.append(tube(q, bezier([end - 4.0 * along, end + 22.0 * along, hil], 4), (r_branch, 7.0)))
             for dy, dz in ((-25.0, 30.0), (10.0, -45.0), (30.0, -5.0)):
                 arteries.append(tube(q, bezier([hil, hil + (side * 25.0, dy * 0.5, dz * 0.5), hil + (side * 45.0, dy, dz)], 3), (5.5, 3.0)))
-        for vein_start in lm["pulmonary_veins"]:
-            start = w(vein_start)
-            side = 1.0 if start[0] > self.to_world(lm["la"])[0] else -1.0
-            target = start + (side * 50.0, 14.0, 4.0 if vein_start[2] > lm["la"][2] else -14.0)
-            veins.append(tube(q, bezier([start - (side * 8.0, 0.0, 0.0), start + (side * 20.0, 6.0, 0.0), target], 4), (7.0, 5.0)))
+        r_vein = 7.5 * self.p.heart.veins * np.sqrt(self.p.heart.la)
+        for (inner, vein_end) in lm["pulmonary_vein_paths"]:
+            start, along = w(vein_end), unit(w(vein_end) - w(inner))
+            side = 1.0 if along[0] > 0 else -1.0
+            target = start + (side * 45.0, 18.0, 6.0 if vein_end[2] > lm["la"][2] else -16.0)
+            veins.append(tube(q, bezier([start - 6.0 * along, start + 18.0 * along, target], 4), (r_vein, 5.0)))
         self.d_pulm_artery = np.minimum.reduce(arteries)
         self.d_pulm_vein = np.minimum.reduce(veins)
 
     # -- diaphragm and abdomen -----------------------------------------------------------------------
+    def heart_support(self, step: float = 3.0) -> None:
+        """The heart's underside as maps on a fixed (y, x) lattice of the case (grid-independent):
+        ``support`` (the heart's inferior wall where it lies within 25 mm of its lowest point,
+        spread 40 mm sideways with a downward slope of 0.5 mm/mm, so the diaphragm rises to carry
+        the heart) and ``ceiling`` (the lowest pericardial point of every column, which the
+        diaphragm never passes: the right atrium or the outflow tracts may overhang it, but never
+        sit inside the liver)."""
+        p = self.p
+        lo_h, hi_h = (np.asarray(b, dtype=np.float64) for b in p.heart.box)
+        corners = np.array([[a[0], b[1], c[2]] for a in (lo_h, hi_h) for b in (lo_h, hi_h) for c in (lo_h, hi_h)])
+        world = self.to_world(corners)
+        lo = np.floor((world.min(0) - (45.0, 45.0, 0.0)) / step) * step
+        hi = np.ceil((world.max(0) + (45.0, 45.0, 0.0)) / step) * step
+        axes = [np.arange(a, b + step / 2, step, dtype=np.float32) for a, b in zip(lo, hi)]
+        zz, yy, xx = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
+        q = np.stack([xx.ravel(), yy.ravel(), zz.ravel()])
+        _, outer, _, fat = self.heart_fields(q)
+        e = (outer - fat - 1.5).reshape(zz.shape)  # < 0 inside the pericardium
+        inside = e < 0
+        hit = inside.any(axis=0)
+        first = np.argmax(inside, axis=0)
+        below = np.maximum(first - 1, 0)
+        e_in = np.take_along_axis(e, first[None], 0)[0]
+        e_out = np.take_along_axis(e, below[None], 0)[0]
+        # Sub-lattice height of the envelope's lowest point: where e crosses zero below ``first``.
+        frac = np.where(first > 0, e_out / np.maximum(e_out - e_in, 1e-6), 0.0)
+        lowest = np.where(hit, axes[2][below] + step * np.clip(frac, 0.0, 1.0), np.inf)
+        self.heart_floor = float(lowest[hit].min()) if hit.any() else -60.0
+        contact = np.where(lowest < self.heart_floor + 25.0, lowest, -1e4)
+        radius = int(round(40.0 / step))
+        ky, kx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+        dist = np.hypot(ky, kx) * step
+        footprint = dist <= 40.0
+        support = ndimage.grey_dilation(contact, footprint=footprint, structure=np.where(footprint, -0.5 * dist, 0.0))
+        self.support_map = np.where(support < -5e3, -1e4, support + 0.5).astype(np.float32)
+        self.ceiling_map = np.where(hit, lowest + 0.5, 1e4).astype(np.float32)
+        self.support_origin, self.support_step = (float(axes[1][0]), float(axes[0][0])), step
+
+    def _at_columns(self, grid: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Bilinear lookup of a (y, x) support-lattice map at the canvas points ``idx``."""
+        (y0, x0), step = self.support_origin, self.support_step
+        coords = np.stack([(self.q[1, idx] - y0) / step, (self.q[0, idx] - x0) / step])
+        return ndimage.map_coordinates(grid, coords, order=1, mode="nearest").astype(np.float32)
+
     def diaphragm(self) -> np.ndarray:
         """Points below the diaphragm (the abdomen), the dome shaped around the heart's underside."""
         p = self.p
@@ -382,16 +500,18 @@ class _Chest:
         bx, by = p.body_center
         r2 = (qy - by - 5.0) ** 2
         curvature = 0.005 / p.heart_scale
-        envelope = self.heart_envelope()
-        floor = float(qz[envelope].min()) if envelope.any() else -60.0
+        self.heart_support()
+        floor = self.heart_floor
         self.dome_right, self.dome_left = floor + p.dome_right, floor + p.dome_left
         dome = np.maximum(self.dome_right - curvature * ((qx - bx + 0.35 * p.half_width) ** 2 + r2),
                           self.dome_left - curvature * ((qx - bx - 0.4 * p.half_width) ** 2 + r2))
         dome -= 0.25 * np.clip(qy - by, 0.0, None)  # deeper posterior recesses
-        shape = self.c.shape
-        support, ceiling = _diaphragm_height(envelope.reshape(shape), self.c.spacing, qz.reshape(shape))
-        columns = (shape[0], shape[1] * shape[2])
-        surface = np.minimum(np.maximum(dome.reshape(columns), support.reshape(1, -1)), ceiling.reshape(1, -1)).ravel()
+        # The heart's maps only matter below their highest point (the diaphragm's reach).
+        surface = dome.copy()
+        cap = max(float(self.support_map.max()), float(dome.max())) + 1.0
+        near = np.flatnonzero(qz < cap)
+        surface[near] = np.minimum(np.maximum(dome[near], self._at_columns(self.support_map, near)),
+                                   self._at_columns(self.ceiling_map, near))
         self.diaphragm_depth = surface - qz  # mm below the diaphragm's upper surface
         return (qz < surface) & (self.heart_outer > self.fat_thickness + 2.0)
 
@@ -433,6 +553,7 @@ class _Chest:
         mediastinum = (np.abs(qx - centre_x) < band) & (qy < sy + p.spine_radius)
         mediastinum |= self.heart_envelope(1.0) | (vessels < 3.0) | (self.d_eso < 4.0) | self.spine_region
         mediastinum |= (self.d_airway < 2.5) & (np.abs(qx - sx) < 32.0)
+        mediastinum |= self.d_svc_aorta < 0
         mediastinum |= (self.d_pulm_artery < 2.0) & (np.abs(qx - sx) < 60.0)
         lung = self.cavity & ~below & ~mediastinum
         li = np.flatnonzero(lung)
@@ -487,31 +608,6 @@ class _Chest:
             c.paint(strut, T.DENSE)
 
 
-def _diaphragm_height(envelope: np.ndarray, spacing: tuple[float, float, float], z: np.ndarray,
-                      contact_mm: float = 25.0) -> tuple[np.ndarray, np.ndarray]:
-    """Where the diaphragm meets the heart, per (y, x) column of a (z, y, x) grid (mm).
-
-    Returns (support, ceiling): ``support`` is the height of the heart's inferior wall (columns whose
-    lowest pericardial point lies within ``contact_mm`` of the heart's lowest point), spread 40 mm
-    sideways with a downward slope of 0.5 mm/mm, so the diaphragm rises to carry the heart;
-    ``ceiling`` is the lowest pericardial point of every column, which the diaphragm never passes
-    (the right atrium or the outflow tracts may overhang it, but never sit inside the liver).
-    """
-    lowest = np.where(envelope, z, np.inf).min(axis=0)  # (y, x) mm; inf where no heart
-    ceiling = lowest - 1.0
-    if not np.isfinite(lowest).any():
-        return np.full(lowest.shape, -np.inf), ceiling
-    floor = lowest.min()
-    contact = np.where(lowest < floor + contact_mm, lowest, -1e4)
-    radius_vox = max(1, int(round(40.0 / min(spacing[0], spacing[1]))))
-    yy, xx = np.mgrid[-radius_vox : radius_vox + 1, -radius_vox : radius_vox + 1]
-    dist_mm = np.sqrt((yy * spacing[1]) ** 2 + (xx * spacing[0]) ** 2)
-    footprint = dist_mm <= 40.0
-    support = ndimage.grey_dilation(contact, footprint=footprint, structure=np.where(footprint, -0.5 * dist_mm, 0.0))
-    support = np.where(support < -5e3, -np.inf, support - 1.0)
-    return support, ceiling
-
-
 def render_chest(params: ChestParams, points: np.ndarray, shape: tuple[int, int, int],
                  spacing: tuple[float, float, float]) -> np.ndarray:
     """Tissue values (uint8, (N,)) at the grid ``points`` (3, N) (physical mm, z-major order of a
@@ -536,6 +632,13 @@ def render_chest(params: ChestParams, points: np.ndarray, shape: tuple[int, int,
     return canvas.tissue
 
 
+def heart_to_world(params: ChestParams, h) -> np.ndarray:
+    """Heart-frame point(s) (3,) or (M, 3) -> physical mm (anatomy space, before the warp)."""
+    h = np.asarray(h, dtype=np.float64)
+    stretch = params.heart_scale * np.asarray(params.heart_aspect)[:, None]
+    return (params.heart_rotation @ (stretch * h.reshape(-1, 3).T)).T.reshape(h.shape)
+
+
 def case_grid(params: ChestParams, spacing: float = 2.0) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
     """(size (x, y, z), origin) of the identity-direction grid of ``spacing`` mm covering the case."""
     lo, hi = params.extent
@@ -543,18 +646,53 @@ def case_grid(params: ChestParams, spacing: float = 2.0) -> tuple[tuple[int, int
     return size, tuple(float(v) for v in lo)  # type: ignore[return-value]
 
 
-def render_case(seed: int, spacing: float = 2.0):
-    """The tissue map of case ``seed`` as a uint8 ``SimpleITK.Image`` (identity direction, LPS mm)."""
+def heart_region(params: ChestParams, margin_mm: float = 20.0) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi): a physical box (mm, LPS) holding the heart, its epicardial fat and pericardium,
+    the roots of its vessels and ``margin_mm`` more on every side."""
+    heart = params.heart
+    room = 26.0 / heart.scale + 4.0  # what fit_volumes added around the heart's tissues
+    lo_h, hi_h = np.asarray(heart.box[0]) + room, np.asarray(heart.box[1]) - room
+    corners = np.array([[a[0], b[1], c[2]] for a in (lo_h, hi_h) for b in (lo_h, hi_h) for c in (lo_h, hi_h)])
+    stretch = params.heart_scale * np.asarray(params.heart_aspect)
+    world = (params.heart_rotation @ (stretch[:, None] * corners.T)).T
+    warp = float(np.abs(params.warp[2]).sum(axis=0).max())  # the anatomy warp's largest displacement
+    pad = margin_mm + 26.0 + warp
+    lo, hi = params.extent
+    return np.maximum(world.min(0) - pad, lo), np.minimum(world.max(0) + pad, hi)
+
+
+def _grid_points(origin, spacing: float, start, count) -> np.ndarray:
+    """(3, N) points of voxels ``start`` .. ``start + count - 1`` (x, y, z) of a case grid, z-major;
+    the same float32 values for a voxel whatever the sub-grid."""
+    axes = [origin[k] + spacing * np.arange(start[k], start[k] + count[k], dtype=np.float32) for k in range(3)]
+    zz, yy, xx = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
+    return np.stack([xx.ravel(), yy.ravel(), zz.ravel()]).astype(np.float32)
+
+
+def render_case(seed: int, spacing: float = 2.0, region: str = "chest", margin_mm: float = 20.0):
+    """The tissue map of case ``seed`` as a uint8 ``SimpleITK.Image`` (identity direction, LPS mm).
+
+    ``region="chest"`` renders the whole case (:func:`case_grid`); ``region="heart"`` only the box
+    of :func:`heart_region` (``margin_mm`` around the heart), on the same grid: every voxel it holds
+    has the value of the same voxel of the whole render, so a fine heart bank costs a fraction of a
+    fine chest.
+    """
     import SimpleITK as sitk
 
     params = sample_chest(seed)
     size, origin = case_grid(params, spacing)
-    axes = [origin[k] + spacing * np.arange(size[k], dtype=np.float32) for k in range(3)]
-    zz, yy, xx = np.meshgrid(axes[2], axes[1], axes[0], indexing="ij")
-    points = np.stack([xx.ravel(), yy.ravel(), zz.ravel()]).astype(np.float32)
-    shape = (size[2], size[1], size[0])
+    start, count = np.zeros(3, dtype=int), np.asarray(size)
+    if region == "heart":
+        lo, hi = heart_region(params, margin_mm)
+        start = np.clip(np.floor((lo - np.asarray(origin)) / spacing).astype(int), 0, count - 1)
+        stop = np.clip(np.ceil((hi - np.asarray(origin)) / spacing).astype(int), 0, count - 1)
+        count = stop - start + 1
+    elif region != "chest":
+        raise ValueError(f"region must be 'chest' or 'heart', not {region!r}")
+    points = _grid_points(origin, spacing, start, count)
+    shape = (int(count[2]), int(count[1]), int(count[0]))
     tissue = render_chest(params, points, shape, (spacing,) * 3).reshape(shape)
     image = sitk.GetImageFromArray(tissue)
     image.SetSpacing((spacing,) * 3)
-    image.SetOrigin(origin)
+    image.SetOrigin(tuple(float(origin[k] + spacing * start[k]) for k in range(3)))
     return image

@@ -34,7 +34,7 @@ class Tissue(IntEnum):
     GAS = 15           # bowel or stomach gas
     CSF = 16           # spinal canal
     ARTERY = 17        # aortic arch, descending aorta, arch branches (left-heart contrast)
-    SVC = 18           # superior vena cava, brachiocephalic veins (the injected side)
+    SVC = 18           # superior vena cava, brachiocephalic veins, azygos (the injected side)
     IVC = 19           # inferior vena cava, hepatic veins
     PULMONARY_VEIN = 20
     PULMONARY_BRANCH = 21  # pulmonary arteries beyond the labelled trunk
@@ -45,6 +45,7 @@ class Tissue(IntEnum):
     GLAND = 26         # breast gland
     KIDNEY = 27
     PAPILLARY = 28     # papillary muscles: myocardial tissue inside the LV blood pool, labelled LV
+    CORONARY_SINUS = 29  # coronary sinus and great cardiac vein (venous return of the myocardium)
     LV = 30            # left ventricular blood pool
     RV = 31
     LA = 32
