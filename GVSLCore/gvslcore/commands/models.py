@@ -195,12 +195,31 @@ def describe(meta: dict) -> str:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    """A model file, checkpoint or run folder, an installed or bundled id; a catalog id that is not
+    installed shows its catalog entry (with how to get it)."""
     from ..bundle import read_metadata, resolve_model
+    from ..errors import InputError
+    from ..zoo import find_entry, load_catalog, locate_model
 
-    if str(args.model).endswith(".safetensors"):
-        meta = read_metadata(args.model)
-    else:
-        meta = resolve_model(args.model)[1]
+    try:
+        path = locate_model(args.model)
+    except InputError:
+        entries = {e["id"]: e for e in load_catalog()}
+        entry = entries.get(str(args.model))
+        if entry is None:
+            raise
+        how = ("fetch it by hand, then `gvsl models install FILE`" if entry.get("download") == "manual"
+               else f"`gvsl models download {entry['id']}`")
+        print(json.dumps(entry, indent=2) if args.json else
+              f"{entry['id']}: {entry.get('title', '')} (not installed; {how})\n{entry.get('description', '')}")
+        return 0
+    meta = read_metadata(path) if str(path).endswith(".safetensors") else resolve_model(path)[1]
+    if not args.json:
+        try:
+            entry = find_entry(str(args.model))
+            print(f"{entry['id']}: {entry.get('title', '')}  ({path})")
+        except InputError:
+            print(str(path))
     print(json.dumps(meta, indent=2) if args.json else describe(meta))
     return 0
 
