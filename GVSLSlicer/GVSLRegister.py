@@ -251,7 +251,7 @@ class GVSLRegisterLogic(ScriptedLoadableModuleLogic):
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
 
-    def startRegistration(self, fixed, moving, modelPath, iterations=50, device="auto", movingSegmentation=None):
+    def startRegistration(self, fixed, moving, modelPath, iterations=40, device="auto", movingSegmentation=None):
         movingLabels = "moving.seg.nrrd" if movingSegmentation is not None else None
         args = commands.register_args("fixed.nrrd", "moving.nrrd", modelPath, "result", iterations, device, movingLabels)
 

@@ -141,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
     from gvslcore.register import RegisterConfig, load_registration_model, register_images
+    from gvslcore.zoo import DEFAULT_REGISTRATION_ITERATIONS
 
-    iterations = args.iterations if args.iterations is not None else RegisterConfig().iterations
+    iterations = args.iterations if args.iterations is not None else DEFAULT_REGISTRATION_ITERATIONS
     print(f"device: {'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only (no GPU here)'}, "
           f"{torch.get_num_threads()} threads", flush=True)
     model, meta = load_registration_model(args.model, torch.device("cpu"))

@@ -220,7 +220,8 @@ def train_stage(name: str, stage: StageRecipe, recipe: HeartRecipe, bank, folder
     from .synth.patches import SyntheticHeartPatches
 
     best_path = folder / "best.safetensors"
-    if (folder / "status.json").is_file() and read_status(folder).get("status") == "done" and best_path.is_file():
+    finished = (folder / "status.json").is_file() and read_status(folder).get("status") == "done"
+    if finished and best_path.is_file() and int(read_status(folder).get("step") or 0) >= stage.steps:
         best = json.loads((folder / "best.json").read_text())
         log(f"{name}: done earlier (synthetic validation Dice {best['dice']:.3f} at step {best['step']})")
         return 0, best

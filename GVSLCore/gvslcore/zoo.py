@@ -39,6 +39,11 @@ CATALOG_FORMAT = "gvsl-catalog"
 REQUIRED_FIELDS = ("id", "title", "description", "task", "modality", "labels", "version", "url", "sha256", "license")
 CHUNK = 1 << 20
 DEFAULT_SEGMENTATION_MODEL = "gvsl-heart-ct"
+DEFAULT_REGISTRATION_MODEL = "gvsl-pretrained-ct"
+"""The bundled GVSL model ``gvsl register`` (and GVSL Register) use when no --model is given."""
+DEFAULT_REGISTRATION_ITERATIONS = 40
+"""Instance-optimization steps per level of ``gvsl register`` when --iterations is not given (chosen
+on the real pairs of benchmarks/register_real.py: see the README's registration table)."""
 _VERIFIED: dict[str, str] = {}  # bundled files already checked in this process: path -> sha256
 
 

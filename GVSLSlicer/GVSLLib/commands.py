@@ -17,7 +17,7 @@ def segment_args(input_path: str, output_path: str, model: str, device: str = "a
     return args + ["--fast"] if fast else args
 
 
-def register_args(fixed: str, moving: str, model: str, out: str, iterations: int = 50, device: str = "auto",
+def register_args(fixed: str, moving: str, model: str, out: str, iterations: int = 40, device: str = "auto",
                   moving_labels: str | None = None) -> list[str]:
     args = ["register", fixed, moving, "--model", model, "--out", out, "--iterations", str(int(iterations)),
             "--device", device]

@@ -92,6 +92,32 @@ def test_incremental_init_continues_a_model(tmp_path, small_set):
     assert meta["provenance"]["init"] == str(first) and meta["architecture"]["width"] == 4
 
 
+def test_init_from_a_two_stage_model_keeps_its_locator(tmp_path, small_set):
+    """Continuing the heart model v2 (a locator stage, weights locator.*) fine-tunes its main network
+    and carries the locator over unchanged, so the result is still a cascade `gvsl segment` runs."""
+    first = tmp_path / "first.safetensors"
+    assert main(tiny_args(small_set, first, "--from-scratch", "--steps", "2")) == 0
+    state, meta = resolve_model(first)
+    locator_meta = {"architecture": meta["architecture"], "inference": meta["inference"], "margin_mm": 12.0,
+                    "preprocessing": {**meta["preprocessing"], "spacing": [12.0, 12.0, 12.0]}}
+    two_stage = tmp_path / "two_stage.safetensors"
+    save_model(two_stage, {**state, **{f"locator.{k}": v.clone() + 0.01 for k, v in state.items()}},
+               {**meta, "locator": locator_meta})
+    second = tmp_path / "second.safetensors"
+    assert main(["finetune", "--init", str(two_stage), "--images", str(small_set / "images"), "--labels",
+                 str(small_set / "labels"), "--out", str(second), "--steps", "2", "--patch", "16", "--batch", "1",
+                 "--val-cases", "1", "--progress", "none"]) == 0
+    new_state, new_meta = resolve_model(second)
+    assert new_meta["locator"] == locator_meta
+    for k, v in state.items():
+        assert torch.equal(new_state[f"locator.{k}"].float(), v.float() + 0.01), k
+    assert any(not torch.equal(new_state[k].float(), v.float()) for k, v in state.items()), "main network unchanged"
+    out = tmp_path / "seg.nii.gz"
+    scan = next((small_set / "images").iterdir())
+    assert main(["segment", str(scan), str(out), "--model", str(second), "--progress", "none"]) == 0
+    assert sitk.ReadImage(str(out)).GetSize() == sitk.ReadImage(str(scan)).GetSize()
+
+
 def test_linear_probe_keeps_the_backbone_and_segments_on_the_input_grid(tmp_path, small_set, capsys):
     """--linear-probe trains a hypercolumn head alone: the saved backbone equals the pre-trained one
     bit for bit, the file loads in gvsl segment, and the labels come back on the input's exact grid

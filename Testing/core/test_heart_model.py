@@ -98,18 +98,22 @@ def test_models_build_runs_end_to_end_and_resumes(tmp_path):
     out = tmp_path / "heart.safetensors"
     run = tmp_path / "run"
     tiny = ["--cases", "3", "--val-cases", "1", "--bank-spacing", "6", "--spacing", "8", "--patch", "16", "--width", "4",
-            "--val-every", "3", "--workers", "0", "--bank-workers", "1", "--device", "cpu", "--progress", "none"]
+            "--val-every", "3", "--locator-steps", "3", "--locator-patch", "12", "--locator-width", "4",
+            "--locator-spacing", "12", "--pretrained", "none", "--workers", "0", "--bank-workers", "1", "--device", "cpu",
+            "--progress", "none"]
     assert main(["models", "build", "gvsl-heart-ct", str(out), "--run", str(run), "--steps", "4", *tiny]) == 0
     assert sorted(p.name for p in (run / "bank").iterdir()) == [f"chest_{i:04d}.nii.gz" for i in range(3)]
     meta = read_metadata(out)
-    assert meta["preprocessing"]["spacing"] == [8.0] * 3 and meta["provenance"]["steps"] == 3  # the best validation
+    assert meta["preprocessing"]["spacing"] == [8.0] * 3 and meta["locator"]["preprocessing"]["spacing"] == [12.0] * 3
+    assert meta["provenance"]["steps"] == {"locator": 3, "fine": 4}
+    assert meta["provenance"]["synthetic_validation"]["fine"]["step"] in (3, 4)  # the best validation is exported
     assert main(["models", "build", "gvsl-heart-ct", str(out), "--run", str(run), "--steps", "4", *tiny]) == 2  # no overwrite
     bank_times = [p.stat().st_mtime_ns for p in sorted((run / "bank").iterdir())]
     assert main(["models", "build", "gvsl-heart-ct", str(out), "--run", str(run), "--steps", "6", "--resume", *tiny]) == 0
     assert [p.stat().st_mtime_ns for p in sorted((run / "bank").iterdir())] == bank_times  # the bank is reused
-    steps = [json.loads(line).get("step") for line in (run / "events.jsonl").read_text().splitlines()
+    steps = [json.loads(line).get("step") for line in (run / "fine" / "events.jsonl").read_text().splitlines()
              if json.loads(line).get("event") == "progress" and "loss" in json.loads(line)]
-    assert steps[-1] == 6 and json.loads((run / "status.json").read_text())["status"] == "done"
+    assert steps[-1] == 6 and json.loads((run / "fine" / "status.json").read_text())["status"] == "done"
     image = sitk.Image([40, 36, 30], sitk.sitkFloat32) - 1000.0
     image.SetSpacing((4.0, 4.0, 5.0))
     labels, _ = segment_image(image, load_segmenter(out), InferenceSettings(device="cpu"), check_modality=False)

@@ -81,6 +81,10 @@ def _add_heart_build(bsub: argparse._SubParsersAction) -> None:
     _add_build_common(b)
     b.add_argument("--steps", type=int, default=f.steps, help=f"fine-stage optimizer steps (default {f.steps})")
     b.add_argument("--locator-steps", type=int, default=loc.steps, help=f"locator optimizer steps (default {loc.steps})")
+    b.add_argument("--locator-patch", type=int, nargs="+", default=list(loc.patch),
+                   help=f"locator patch, voxels (default {loc.patch[0]})")
+    b.add_argument("--locator-width", type=int, default=loc.width, help=f"locator U-Net width (default {loc.width})")
+    b.add_argument("--locator-spacing", type=float, default=loc.spacing, help=f"locator grid, mm (default {loc.spacing:g})")
     b.add_argument("--pretrained", default=f.pretrained,
                    help=f"GVSL model whose U-Net starts the fine stage (default {f.pretrained}; 'none': random weights)")
     b.add_argument("--cases", type=int, default=d.cases, help=f"synthetic chests in the bank (default {d.cases})")
@@ -153,18 +157,23 @@ def run_build(args: argparse.Namespace) -> int:
     from .checks import at_least, check_device, check_patch_memory, positive
 
     patch = parse_patch(args.patch)
+    locator_patch = parse_patch(args.locator_patch)
     for option, value in (("--steps", args.steps), ("--locator-steps", args.locator_steps), ("--cases", args.cases),
-                          ("--batch", args.batch), ("--width", args.width), ("--val-every", args.val_every)):
+                          ("--batch", args.batch), ("--width", args.width), ("--locator-width", args.locator_width),
+                          ("--val-every", args.val_every)):
         at_least(value, option)
     positive(args.lr, "--lr")
-    positive([args.spacing, args.bank_spacing], "--spacing/--bank-spacing", unit="mm")
+    positive([args.spacing, args.bank_spacing, args.locator_spacing], "--spacing/--bank-spacing/--locator-spacing",
+             unit="mm")
     check_device(args.device)
     check_patch_memory(patch, args.batch, args.width, args.device)
+    check_patch_memory(locator_patch, args.batch, args.locator_width, args.device)
     d = HeartRecipe()
     pretrained = None if str(args.pretrained).lower() == "none" else args.pretrained
     fine = replace(d.fine, steps=args.steps, patch=patch, width=args.width, lr=args.lr, spacing=args.spacing,
                    pretrained=pretrained, val_every=args.val_every)
-    locator = replace(d.locator, steps=args.locator_steps, val_every=min(d.locator.val_every, args.val_every))
+    locator = replace(d.locator, steps=args.locator_steps, patch=locator_patch, width=args.locator_width,
+                      spacing=args.locator_spacing, val_every=min(d.locator.val_every, args.val_every))
     recipe = replace(d, cases=args.cases, batch=args.batch, seed=args.seed, workers=args.workers,
                      bank_workers=args.bank_workers, device=args.device, bank_spacing=args.bank_spacing,
                      val_cases=args.val_cases, fine=fine, locator=locator)

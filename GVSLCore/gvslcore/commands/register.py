@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..cli import add_common, progress_mode
+from ..zoo import DEFAULT_REGISTRATION_ITERATIONS as DEFAULT_ITERATIONS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,12 +22,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("fixed", metavar="FIXED", help="fixed volume (NIfTI/NRRD/MHA file or DICOM folder)")
     p.add_argument("moving", metavar="MOVING", help="moving volume (NIfTI/NRRD/MHA file or DICOM folder)")
-    p.add_argument("--model", required=True, metavar="MODEL",
-                   help="GVSL pre-trained model (file, checkpoint, run folder or installed id), or 'none' for "
-                        "instance optimization alone (needs --iterations)")
+    p.add_argument("--model", default=None, metavar="MODEL",
+                   help="GVSL pre-trained model (file, checkpoint, run folder or installed/bundled id; default: the "
+                        "bundled gvsl-pretrained-ct), or 'none' for instance optimization alone")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
-    p.add_argument("--iterations", type=int, default=0, metavar="N",
-                   help="instance-optimization steps per resolution level on this pair (default 0: feed-forward only)")
+    p.add_argument("--iterations", type=int, default=None, metavar="N",
+                   help="instance-optimization steps per resolution level on this pair (default "
+                        f"{DEFAULT_ITERATIONS}; 0: the model's feed-forward field only)")
     p.add_argument("--moving-labels", metavar="SEG", default=None,
                    help="label map on the moving grid (.seg.nrrd/.nii.gz/.nrrd) to propagate onto the fixed image")
     p.add_argument("--levels", type=int, default=3, help="resolution levels of the instance optimization (default 3)")
@@ -53,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
     positive(args.lr, "--lr")
     positive(args.smooth_weight, "--smooth-weight", zero=True)
     check_device(args.device)
+    from ..zoo import DEFAULT_REGISTRATION_MODEL
+
+    if args.model is None:
+        args.model = DEFAULT_REGISTRATION_MODEL
+    if args.iterations is None:
+        args.iterations = DEFAULT_ITERATIONS
     inputs = [args.fixed, args.moving, args.moving_labels, None if str(args.model).lower() == "none" else args.model]
     if Path(args.out).is_dir():
         for name in OUTPUT_NAMES.values():

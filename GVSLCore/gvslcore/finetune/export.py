@@ -77,6 +77,11 @@ def write_final_model(cfg: FinetuneConfig, start: ModelStart, weights: dict[str,
                       reporter: Reporter) -> dict[str, Any]:
     """Write ``cfg.out`` (the weights of ``step``); returns the outputs of the ``done`` event."""
     meta = run_metadata(cfg, start, step, summary, best, validated, readout)
+    if start.locator_state and start.locator_meta:
+        from ..segment import LOCATOR_PREFIX
+
+        weights = {**weights, **{LOCATOR_PREFIX + k: v for k, v in start.locator_state.items()}}
+        meta["locator"] = copy.deepcopy(start.locator_meta)
     model_path = save_model(cfg.out, weights, meta)
     reporter.artifact("model", model_path)
     note = f" (best validation Dice {best['best_dice']:.3f} at step {step})" if validated else ""

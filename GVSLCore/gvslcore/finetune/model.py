@@ -45,6 +45,10 @@ class ModelStart:
     backbone: dict[str, torch.Tensor] | None = None
     full_state: dict[str, torch.Tensor] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
+    # A two-stage model continued with --init: its locator (weights without the "locator." prefix,
+    # and meta["locator"]) is carried unchanged into the fine-tuned file, so it stays a cascade.
+    locator_state: dict[str, torch.Tensor] | None = None
+    locator_meta: dict[str, Any] | None = None
 
 
 def _start_from_init(cfg: FinetuneConfig, path: Path, given_table: LabelTable | None) -> ModelStart:
@@ -69,9 +73,14 @@ def _start_from_init(cfg: FinetuneConfig, path: Path, given_table: LabelTable | 
     if cfg.spacing and not np.allclose(cfg.spacing, prep.get("spacing", cfg.spacing)):
         raise InputError(f"--spacing {cfg.spacing} differs from {path}'s {prep.get('spacing')}; drop --spacing when continuing a model")
     prov = dict(meta.get("provenance") or {})
+    from ..segment import split_locator
+
+    main, located = split_locator(state)
+    loc_meta = meta.get("locator") if located else None
     return ModelStart(int(meta["architecture"]["width"]), table, spacing, str(prep.get("modality", "CT")).upper(),  # type: ignore[arg-type]
-                      full_state=state, provenance={"init": str(path), "pretrained": prov.get("pretrained"),
-                                                    "init_provenance": prov})
+                      full_state=main, provenance={"init": str(path), "pretrained": prov.get("pretrained"),
+                                                   "init_provenance": prov},
+                      locator_state=located or None, locator_meta=loc_meta)
 
 
 def _start_from_pretrained(cfg: FinetuneConfig, path: Path, table: LabelTable) -> ModelStart:
