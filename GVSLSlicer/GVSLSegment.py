@@ -190,6 +190,7 @@ class GVSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         device = slicerglue.device_argument(self.ui.deviceComboBox)
         if device is None:
             return
+        self.showPlausibility(None)
         with slicer.util.tryWithErrorDisplay("Could not start the segmentation.", waitCursor=True):
             job = self.logic.startSegmentation(inputVolume, entry, device=device, fast=self.ui.fastCheckBox.checked)
             self.pending = {"kind": "segment", "input": inputVolume,
@@ -218,8 +219,16 @@ class GVSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay("Could not load the segmentation.", waitCursor=True):
             node = self.logic.loadResult(job, pending["input"], pending["output"], pending["model"])
             self.ui.outputSegmentationSelector.setCurrentNode(node)
-            volumes = imaging.volumes_text((job.progress.outputs or {}).get("volumes_ml"))
+            outputs = job.progress.outputs or {}
+            volumes = imaging.volumes_text(outputs.get("volumes_ml"))
             self.ui.statusLabel.text = f"Done: {node.GetName()}" + (f" ({volumes})" if volumes else "")
+            self.showPlausibility(outputs.get("plausibility"))
+
+    def showPlausibility(self, result):
+        """The failed anatomy checks of a result, one line per structure and reason (hidden when all pass)."""
+        lines = imaging.plausibility_lines(result)
+        self.ui.plausibilityLabel.text = "\n".join(["Check this result:"] + lines) if lines else ""
+        self.ui.plausibilityLabel.visible = bool(lines)
 
 
 class GVSLSegmentLogic(ScriptedLoadableModuleLogic):

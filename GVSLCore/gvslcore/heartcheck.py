@@ -245,3 +245,94 @@ def check_structures(labels: sitk.Image, structures: dict[str, sitk.Image], repo
             rep.values["AO label inside the aorta (precision %)"] = round(100.0 * float(masks["aorta"][ao].mean()), 1)
             rep.checks["AO label precision (>= 85 %)"] = float(masks["aorta"][ao].mean()) >= 0.85
     return rep
+
+
+# -- in every result ---------------------------------------------------------------------------------
+
+PLAUSIBILITY_SPACING_MM = 2.0
+"""Grid the checks of :func:`plausibility` run on: fine enough for volumes and layout, and it bounds
+time and memory on 0.5 mm scans."""
+
+
+def is_heart_table(table) -> bool:
+    """Whether a model's label table is the seven heart structures (values and SNOMED codes)."""
+    def code(lab):
+        return (lab.type.scheme, lab.type.value) if lab.type is not None else None
+
+    ours = {lab.value: code(lab) for lab in HEART_LABELS}
+    theirs = {lab.value: code(lab) for lab in table}
+    return theirs == ours
+
+
+def _structures_named(check: str) -> list[str]:
+    names = [lab.name for lab in HEART_LABELS if lab.name in check]
+    short = {"LV": "left ventricle", "RV": "right ventricle", "LA": "left atrium", "RA": "right atrium",
+             "myocardium": "left ventricular myocardium", "aorta": "ascending aorta",
+             "pulmonary trunk": "pulmonary artery"}
+    for word, name in short.items():
+        if word in check.replace("-", " ").split() or (" " in word and word in check):
+            names.append(name)
+    return sorted(set(names), key=[lab.name for lab in HEART_LABELS].index)
+
+
+def plausibility(labels: sitk.Image, ct: sitk.Image) -> dict[str, Any]:
+    """The checks of :func:`check_heart` on a result (no reference), as the warnings a user reads.
+
+    Both images are resampled to :data:`PLAUSIBILITY_SPACING_MM` when finer (the labels by nearest
+    neighbour on the CT's own orientation), so this costs about a second whatever the scan.
+
+    Returns:
+        ``{"passed", "total", "warnings": [{"check", "structures", "detail"}], "volumes_ml",
+        "main_piece", "values", "spacing_mm"}``; volumes measured on the checking grid.
+    """
+    spacing = [max(float(s), PLAUSIBILITY_SPACING_MM) for s in ct.GetSpacing()]
+    if not np.allclose(spacing, ct.GetSpacing()):
+        size = [max(1, int(round(n * s / t))) for n, s, t in zip(ct.GetSize(), ct.GetSpacing(), spacing)]
+        grid = sitk.Image(size, sitk.sitkUInt8)
+        grid.SetSpacing(spacing)
+        grid.SetDirection(ct.GetDirection())
+        # The same physical extent: the first voxel's centre moves by half the change of spacing.
+        d = np.asarray(ct.GetDirection()).reshape(3, 3)
+        shift = 0.5 * (np.asarray(spacing) - np.asarray(ct.GetSpacing()))
+        grid.SetOrigin(tuple(np.asarray(ct.GetOrigin()) + d @ shift))
+        ct = sitk.Resample(ct, grid, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
+        labels = sitk.Resample(labels, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
+    rep = check_heart(labels, ct)
+    details = {
+        "labelled voxels in lung or chest wall": "values",
+        "myocardium not contrast blood": "myocardium voxels above 250 HU (%)",
+        "myocardium wraps": "myocardium around LV",
+    }
+    warnings = []
+    for check in rep.failed():
+        detail = ""
+        for lab in HEART_LABELS:
+            if check.startswith(f"{lab.name} volume") or check.startswith(f"{lab.name} 70"):
+                detail = f"{rep.volumes_ml[lab.name]:g} ml"
+        for prefix, key in details.items():
+            if check.startswith(prefix) or check.startswith(f"no {prefix}"):
+                key = "labelled voxels in lung or chest wall (%)" if key == "values" else key
+                detail = f"{key}: {rep.values.get(key)}"
+        if check.startswith("each label in one main piece"):
+            broken = [k for k, f in rep.main_piece.items() if 0 < f < 0.9]
+            missing = [k for k, f in rep.main_piece.items() if f == 0]
+            detail = ", ".join([f"{k} in pieces ({100 * rep.main_piece[k]:.0f} % in the largest)" for k in broken]
+                               + [f"{k} missing" for k in missing])
+            structures = broken + missing
+        elif check.startswith("all seven labels present"):
+            structures = [k for k, f in rep.main_piece.items() if f == 0]
+            detail = "missing: " + ", ".join(structures)
+        else:
+            structures = _structures_named(check)
+        warnings.append({"check": check, "structures": structures, "detail": detail})
+    return {"passed": rep.passed, "total": len(rep.checks), "warnings": warnings, "volumes_ml": rep.volumes_ml,
+            "main_piece": rep.main_piece, "values": rep.values, "spacing_mm": spacing}
+
+
+def warning_lines(result: dict[str, Any]) -> list[str]:
+    """One line per failed check, naming the structure and the reason."""
+    lines = []
+    for w in result.get("warnings", []):
+        who = ", ".join(w["structures"]) if w["structures"] else "layout"
+        lines.append(f"{who}: failed '{w['check']}'" + (f" ({w['detail']})" if w["detail"] else ""))
+    return lines

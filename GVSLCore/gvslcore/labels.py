@@ -98,24 +98,27 @@ def _rgb(r: int, g: int, b: int) -> tuple[float, float, float]:
     return (round(r / 255.0, 4), round(g / 255.0, 4), round(b / 255.0, 4))
 
 
-# The seven structures of MM-WHS (DESIGN.md): codes and recommended display colours as 3D Slicer's
-# terminology lists them (Terminologies/Resources/SegmentationCategoryTypeModifier-DICOM-Master.json,
-# "Anatomical Structure" category). Slicer's core lists have no myocardium entry, so that one
-# follows SlicerTotalSegmentator's mapping of heart_myocardium (SCT 74281007 "Myocardium"); the
-# ascending aorta has no recommended colour there, so it takes the colour of "Aorta".
+# The seven structures of MM-WHS (DESIGN.md): codes as 3D Slicer's terminology lists them
+# (Terminologies/Resources/SegmentationCategoryTypeModifier-DICOM-Master.json, "Anatomical
+# Structure" category); Slicer's core lists have no myocardium entry, so that one follows
+# SlicerTotalSegmentator's mapping of heart_myocardium (SCT 74281007 "Myocardium"). The colours are
+# our own: Slicer recommends near-identical terracotta shades for the four chambers, myocardium and
+# aorta, which cannot be told apart in a view, so each structure has its own hue (red, blue, orange,
+# cyan, yellow, magenta, green: about 30 degrees apart or more), and the project's terminology file
+# (Resources/Terminology) recommends these.
 HEART_LABELS: LabelTable = LabelTable([
-    LabelInfo(1, "left ventricle", _rgb(152, 55, 13),
+    LabelInfo(1, "left ventricle", _rgb(220, 45, 45),
               type=Code("SCT", "87878005", "Left ventricle"), source_value=500),
-    LabelInfo(2, "right ventricle", _rgb(181, 85, 57),
+    LabelInfo(2, "right ventricle", _rgb(60, 110, 220),
               type=Code("SCT", "53085002", "Right ventricle"), source_value=600),
-    LabelInfo(3, "left atrium", _rgb(203, 108, 81),
+    LabelInfo(3, "left atrium", _rgb(250, 135, 20),
               type=Code("SCT", "82471001", "Left atrium"), source_value=420),
-    LabelInfo(4, "right atrium", _rgb(210, 115, 89),
+    LabelInfo(4, "right atrium", _rgb(70, 200, 220),
               type=Code("SCT", "73829009", "Right atrium"), source_value=550),
-    LabelInfo(5, "left ventricular myocardium", _rgb(192, 104, 88),
+    LabelInfo(5, "left ventricular myocardium", _rgb(225, 225, 60),
               type=Code("SCT", "74281007", "Myocardium"), source_value=205),
-    LabelInfo(6, "ascending aorta", _rgb(224, 97, 76),
+    LabelInfo(6, "ascending aorta", _rgb(200, 60, 170),
               type=Code("SCT", "54247002", "Ascending aorta"), source_value=820),
-    LabelInfo(7, "pulmonary artery", _rgb(0, 122, 171),
+    LabelInfo(7, "pulmonary artery", _rgb(70, 180, 80),
               type=Code("SCT", "81040000", "Pulmonary artery"), source_value=850),
 ])

@@ -678,4 +678,33 @@ def segment_file(
     counts = np.bincount(sitk.GetArrayViewFromImage(labels).ravel(), minlength=seg.num_classes)
     spacing_ml = math.prod(image.GetSpacing()) / 1000.0
     volumes = {lab.name: round(float(counts[lab.value]) * spacing_ml, 3) for lab in seg.table if lab.value < len(counts)}
-    return {"segmentation": str(path), "model": seg.source, "volumes_ml": volumes, **info}
+    outputs = {"segmentation": str(path), "model": seg.source, "volumes_ml": volumes, **info}
+    outputs.update(_check_result(labels, image, seg, Path(path)))
+    return outputs
+
+
+def plausibility_path(output: Path) -> Path:
+    """The sidecar beside a segmentation: ``heart.seg.nrrd`` -> ``heart.plausibility.json``."""
+    name = output.name
+    for suffix in (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return output.with_name(name + ".plausibility.json")
+
+
+def _check_result(labels: sitk.Image, image: sitk.Image, seg: Segmenter, path: Path) -> dict[str, Any]:
+    """Plausibility of a heart result (gvslcore.heartcheck) in the sidecar JSON and the done event;
+    nothing for other label tables, whose anatomy we do not know."""
+    from .atomic import write_json
+    from .heartcheck import is_heart_table, plausibility, warning_lines
+
+    if not is_heart_table(seg.table) or str(seg.modality).upper() != "CT":
+        return {}
+    result = plausibility(labels, image)
+    result["segmentation"] = path.name
+    sidecar = plausibility_path(path)
+    write_json(sidecar, result)
+    for line in warning_lines(result):
+        log(f"check: {line}")
+    return {"plausibility": {k: result[k] for k in ("passed", "total", "warnings")}, "plausibility_file": str(sidecar)}

@@ -122,3 +122,14 @@ def volumes_text(volumes_ml: dict[str, Any] | None, limit: int = 8) -> str:
     parts = [f"{name} {value:.3g} ml" for name, value in list(volumes_ml.items())[:limit]
              if isinstance(value, (int, float))]
     return ", ".join(parts)
+
+
+def plausibility_lines(result: dict[str, Any] | None) -> list[str]:
+    """'right atrium: right atrium volume in 20-250 ml failed (1.5 ml)' for each failed anatomy check
+    of a ``gvsl segment`` done event (its ``plausibility`` output); [] when all passed or unchecked."""
+    lines = []
+    for warning in (result or {}).get("warnings") or []:
+        who = ", ".join(warning.get("structures") or []) or "layout"
+        detail = warning.get("detail")
+        lines.append(f"{who}: {warning.get('check')} failed" + (f" ({detail})" if detail else ""))
+    return lines

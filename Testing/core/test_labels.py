@@ -45,10 +45,16 @@ def test_colors_are_rgb_in_unit_range_and_distinct():
     for lab in HEART_LABELS:
         assert len(lab.color) == 3
         assert all(isinstance(c, float) and 0.0 <= c <= 1.0 for c in lab.color)
-    # Slicer's recommended colours, given as 0..255 in its terminology files.
-    assert [round(c * 255) for c in HEART_LABELS.labels[0].color] == [152, 55, 13]
-    assert [round(c * 255) for c in HEART_LABELS.labels[6].color] == [0, 122, 171]
-    assert len({lab.color for lab in HEART_LABELS}) == 7
+    # Seven hues a person tells apart in a slice view: every pair at least 28 degrees apart on the
+    # colour wheel, each saturated and bright enough to show over grey CT.
+    import colorsys
+
+    hsv = [colorsys.rgb_to_hsv(*lab.color) for lab in HEART_LABELS]
+    for i, (h1, s1, v1) in enumerate(hsv):
+        assert s1 >= 0.5 and v1 >= 0.6, HEART_LABELS.labels[i].name
+        for j, (h2, _, _) in enumerate(hsv[:i]):
+            gap = min(abs(h1 - h2), 1 - abs(h1 - h2)) * 360
+            assert gap >= 28, (HEART_LABELS.labels[i].name, HEART_LABELS.labels[j].name, gap)
 
 
 def test_round_trip_through_json():
