@@ -65,14 +65,18 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     best = max(series, key=lambda s: len(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)))
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), best)
     problem = series_problem(files)
+    # GDCM leaves unparsable slices out of the series: name them. Inside the series they show as a
+    # gap; a damaged first or last slice leaves no gap, only a shorter series, so they are looked
+    # for whether or not the spacing is even.
+    listed = {Path(f).name for s in series for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)}
+    left_out = _damaged_slices(folder, listed, files)
+    if left_out:
+        more = f" and {len(left_out) - 3} more" if len(left_out) > 3 else ""
+        names = f"{', '.join(left_out[:3])}{more}"
+        problem = (f"{problem}; not readable as part of it: {names}" if problem else
+                   f"{names} cannot be read as a slice of it (a damaged file at an end of the series leaves a "
+                   "shorter volume)")
     if problem:
-        # GDCM leaves unparsable slices out of the series: name them, they are the likely gap.
-        listed = {Path(f).name for s in series for f in sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), s)}
-        left_out = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name not in listed
-                          and not p.name.startswith("."))
-        if left_out:
-            more = f" and {len(left_out) - 3} more" if len(left_out) > 3 else ""
-            problem += f"; not readable as part of it: {', '.join(left_out[:3])}{more}"
         raise InputError(f"the DICOM series in {folder} is incomplete: {problem}; export the whole series again")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
@@ -84,6 +88,28 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
         raise InputError(_too_large(folder, size, _DICOM_BYTES_PER_VOXEL, failed=True)) from None
     except RuntimeError as exc:
         raise InputError(f"cannot read DICOM series in {folder}: {str(exc).strip().splitlines()[-1]}") from None
+
+
+_DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+
+
+def _damaged_slices(folder: Path, listed: set[str], files: Sequence[str]) -> list[str]:
+    """Files of ``folder`` in no series that look like slices of ``files``: the same suffix, and a
+    DICOM suffix or the DICM preamble (so notes, DICOMDIR and other files are not counted)."""
+    suffixes = {Path(f).suffix.lower() for f in files}
+    out = []
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or p.name in listed or p.name.startswith(".") or p.name.upper() == "DICOMDIR":
+            continue
+        if p.suffix.lower() not in suffixes:
+            continue
+        if p.suffix.lower() in _DICOM_SUFFIXES:
+            out.append(p.name)
+            continue
+        with open(p, "rb") as fh:
+            if fh.read(132)[128:132] == b"DICM":
+                out.append(p.name)
+    return out
 
 
 def _series_size(files: Sequence[str]) -> tuple[int, ...]:

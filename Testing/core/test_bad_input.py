@@ -126,6 +126,35 @@ def test_a_dicom_series_with_a_corrupt_slice_names_it(tmp_path, damage):
         read_image(folder)
 
 
+@pytest.mark.parametrize("which", ["s000.dcm", "s007.dcm"])
+@pytest.mark.parametrize("damage", ["truncate", "overwrite"])
+def test_a_corrupt_first_or_last_slice_is_named_not_read_as_a_shorter_series(tmp_path, which, damage, capsys):
+    """GDCM drops the damaged end slice and the other seven are evenly spaced: without a check the
+    volume reads as 7 slices, 6 mm short, with nothing said."""
+    folder = _dicom_series(tmp_path / "dcm")
+    (folder / "notes.txt").write_text("not a slice")  # other files in the folder are not slices
+    bad = folder / which
+    data = bytearray(bad.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) - 100]
+    else:
+        data[132:400] = b"\xff" * 268
+    bad.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=f"incomplete: {which} cannot be read as a slice of it"):
+        read_image(folder)
+    assert main(["segment", str(folder), str(tmp_path / "out.seg.nrrd"), "--progress", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and which in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "out.seg.nrrd").exists()
+
+
+def test_other_files_beside_a_whole_series_are_ignored(tmp_path):
+    folder = _dicom_series(tmp_path / "dcm")
+    (folder / "notes.txt").write_text("not a slice")
+    (folder / "DICOMDIR").write_bytes(b"\0" * 200)
+    assert read_image(folder).GetSize() == (16, 16, 8)
+
+
 def test_two_slices_at_one_position_are_refused():
     from gvslcore.dicomcheck import spacing_problem
 
