@@ -9,13 +9,12 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from test_synth import _as_ct, _labels
 
 from gvslcore.cli import main
 from gvslcore.heartcheck import plausibility, warning_lines
 from gvslcore.segment import plausibility_path
 from gvslcore.synth.chest import render_case
-
-from test_synth import _as_ct, _labels
 
 
 @pytest.fixture(scope="module")
