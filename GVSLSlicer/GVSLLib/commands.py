@@ -19,8 +19,9 @@ def segment_args(input_path: str, output_path: str, model: str, device: str = "a
 
 def register_args(fixed: str, moving: str, model: str, out: str, iterations: int = 40, device: str = "auto",
                   moving_labels: str | None = None) -> list[str]:
+    # No qc.png: the panel shows the result in Slicer's own views (it is 2-3 s of the run on a CPU).
     args = ["register", fixed, moving, "--model", model, "--out", out, "--iterations", str(int(iterations)),
-            "--device", device]
+            "--device", device, "--no-qc"]
     return args + ["--moving-labels", moving_labels] if moving_labels else args
 
 

@@ -256,7 +256,8 @@ def test_feed_forward_export_matches_the_network_on_its_working_grid(tmp_path_fa
     pair = make_pair(21, size=48, spacing=(pm.SPACING,) * 3, direction=OBLIQUE)
     model, meta = load_registration_model(str(model_path), torch.device("cpu"))
     result = register_images(pair["fixed"], pair["moving"], model=model, metadata=meta,
-                             cfg=RegisterConfig(iterations=0, init="none", device="cpu"))
+                             cfg=RegisterConfig(iterations=0, init="none", spacing=pm.SPACING, predict_spacing=None,
+                                                device="cpu"))
     working = result.working
     assert working.GetSize() == pair["fixed"].GetSize()
     f = torch.from_numpy(sitk.GetArrayFromImage(normalized(pair["fixed"], "CT")))[None, None]
@@ -269,6 +270,51 @@ def test_feed_forward_export_matches_the_network_on_its_working_grid(tmp_path_fa
     x, y = ours.ravel() - ours.mean(), exported.ravel() - exported.mean()
     assert float(x @ y / np.sqrt((x @ x) * (y @ y))) > 0.995
     assert result.metrics["model"] and "prediction" in result.metrics["seconds"]
+
+
+class _LinearMatcher(torch.nn.Module):
+    """A stand-in Z-Matching network: a fixed affine and a residual linear in the voxel coordinates,
+    both given in voxels of whatever grid it is run on (as GVSLNet's are)."""
+
+    def __init__(self, affine_n: torch.Tensor, gradient_n: torch.Tensor):
+        super().__init__()
+        self.affine_n, self.gradient_n = affine_n, gradient_n  # normalized units, so any grid gets the same mapping
+        self.unet = torch.nn.Identity()
+        self.unet.features = lambda x: x
+        self.seen: list[tuple[int, ...]] = []
+
+    def match(self, f, m, shape):
+        self.seen.append(tuple(shape))
+        half = torch.tensor([(n - 1) / 2.0 for n in shape])
+        affine = torch.cat([self.affine_n[:, :3] * half.view(3, 1) / half.view(1, 3), (self.affine_n[:, 3] * half).view(3, 1)], 1)
+        axes = [torch.linspace(-1.0, 1.0, n) for n in shape]
+        grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))  # (3, D, H, W) normalized
+        residual = torch.einsum("ij,jdhw->idhw", self.gradient_n, grid) * half.view(3, 1, 1, 1)
+        return affine[None], residual[None], None, None
+
+
+def test_a_prediction_on_a_coarser_grid_is_carried_back_exactly():
+    """--predict-spacing: the network runs on a 4 mm copy of a 2 mm working grid; the affine and the
+    residual carried back give the mapping the network would give on the working grid itself (exact
+    for this linear stand-in; trilinear resizing is exact on linear fields)."""
+    from gvslcore.register.feedforward import predict, predict_coarse
+    from gvslcore.spatial import fuse_affine_and_displacement
+
+    rng = np.random.default_rng(3)
+    affine_n = torch.cat([torch.eye(3) + torch.tensor(rng.normal(0, 0.05, (3, 3)), dtype=torch.float32),
+                          torch.tensor(rng.normal(0, 0.1, (3, 1)), dtype=torch.float32)], 1)
+    net = _LinearMatcher(affine_n, torch.tensor(rng.normal(0, 0.03, (3, 3)), dtype=torch.float32))
+    fixed = torch.rand(1, 1, 45, 38, 33)
+    a_full, r_full = predict(net, fixed, fixed)
+    a_coarse, r_coarse = predict_coarse(net, fixed, fixed, 2.0, 4.0)
+    assert net.seen == [(45, 38, 33), (23, 19, 17)]
+    u_full = fuse_affine_and_displacement(a_full[None], r_full)
+    u_coarse = fuse_affine_and_displacement(a_coarse[None], r_coarse)
+    assert u_full.abs().max() > 1.0
+    assert torch.allclose(u_coarse, u_full, atol=1e-4), float((u_coarse - u_full).abs().max())
+    # Finer than the working grid or unset: the working grid itself.
+    a_same, r_same = predict_coarse(net, fixed, fixed, 4.0, 4.0)
+    assert net.seen[-1] == (45, 38, 33) and torch.equal(a_same, a_full) and torch.equal(r_same, r_full)
 
 
 def test_cli_feed_forward_and_instance_optimization_from_the_model(tmp_path_factory, phantom_pair):

@@ -404,7 +404,7 @@ def test_module_command_lines_parse_with_gvsl(name: str) -> None:
     if name == "segment":
         assert parsed.fast and parsed.model == "m.safetensors" and parsed.device == "cpu"
     if name == "register":
-        assert parsed.iterations == 20 and parsed.moving_labels == "moving.seg.nrrd"
+        assert parsed.iterations == 20 and parsed.moving_labels == "moving.seg.nrrd" and parsed.no_qc
     if name == "finetune":
         assert parsed.init == "i.safetensors" and parsed.label_table == "data/label_table.json"
         assert parsed.run == "/runs/out-finetune"

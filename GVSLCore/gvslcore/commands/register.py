@@ -35,8 +35,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", choices=["moments", "geometry", "none"], default="moments",
                    help="initial alignment: centres of mass (default), image centres, or none (physical space as is)")
     p.add_argument("--spacing", type=float, default=None, metavar="MM",
-                   help="isotropic working spacing in mm (default: the model's; with --model none 2 mm or the fixed image's "
-                        "spacing when coarser)")
+                   help="isotropic working spacing in mm (default 4, or the fixed image's spacing when coarser)")
+    p.add_argument("--predict-spacing", type=float, default=4.0, metavar="MM",
+                   help="grid of the network's feed-forward field when the working grid is finer, mm (default 4; "
+                        "0: the working grid)")
     p.add_argument("--max-size", type=int, default=160, metavar="VOXELS",
                    help="largest working-grid axis; the spacing is coarsened beyond it (default 160)")
     p.add_argument("--smooth-weight", type=float, default=3.0, help="smoothness weight of instance optimization (default 3)")
@@ -53,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     positive(args.spacing, "--spacing", unit="mm")
     positive(args.lr, "--lr")
+    positive(args.predict_spacing, "--predict-spacing", unit="mm", zero=True)
     positive(args.smooth_weight, "--smooth-weight", zero=True)
     check_device(args.device)
     from ..zoo import DEFAULT_REGISTRATION_MODEL
@@ -70,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
         levels=args.levels,
         init=args.init,
         spacing=args.spacing,
+        predict_spacing=args.predict_spacing or None,
         max_size=args.max_size,
         smooth_weight=args.smooth_weight,
         lr=args.lr,

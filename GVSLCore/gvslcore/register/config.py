@@ -11,9 +11,10 @@ import SimpleITK as sitk
 from ..errors import InputError
 
 INIT_MODES = ("moments", "geometry", "none")
-DEFAULT_SPACING_MM = 2.0
-"""Working spacing without a model (``--model none``) when ``--spacing`` is not given (or the fixed
-image's own spacing when that is coarser)."""
+DEFAULT_SPACING_MM = 4.0
+"""Working spacing when ``--spacing`` is not given (or the fixed image's own spacing when that is
+coarser), with or without a model: the field is smooth at this scale and the output is written on
+the fixed image's own grid (see pipeline._working_spacing for the measurement)."""
 COARSE_SPACING_MM = 4.0
 """Spacing of the copies the initial alignment is computed on (moments need no detail)."""
 MIN_OVERLAP = 0.10
@@ -28,8 +29,10 @@ class RegisterConfig:
         iterations: instance-optimization steps per resolution level (0: feed-forward only).
         levels: resolution levels of the instance optimization (factors 2^(levels-1) ... 1).
         init: initial alignment: 'moments' (centres of mass), 'geometry' (image centres), 'none'.
-        spacing: isotropic working spacing in mm; None takes the model's (without a model: 2 mm, or
-            the fixed image's finest spacing when coarser).
+        spacing: isotropic working spacing in mm; None: DEFAULT_SPACING_MM, or the fixed image's finest
+            spacing when coarser.
+        predict_spacing: mm of the grid the network's feed-forward field is computed on when the working
+            grid is finer (the field is carried back to the working grid); None: the working grid.
         max_size: cap on the working grid's longest axis, in voxels (bounds memory and time; the
             spacing is coarsened when the fixed image is larger).
         smooth_weight: weight of the smoothness term (squared gradient of the residual, mm/mm).
@@ -45,6 +48,7 @@ class RegisterConfig:
     levels: int = 3
     init: str = "moments"
     spacing: float | None = None
+    predict_spacing: float | None = 4.0
     max_size: int = 160
     smooth_weight: float = 3.0
     ncc_window: int = 7
@@ -63,6 +67,8 @@ class RegisterConfig:
             raise InputError(f"--init {self.init} is not valid; use one of {', '.join(INIT_MODES)}")
         if self.spacing is not None and not (self.spacing > 0 and math.isfinite(self.spacing)):
             raise InputError(f"--spacing {self.spacing} is not valid; give a positive size in mm")
+        if self.predict_spacing is not None and not (self.predict_spacing > 0 and math.isfinite(self.predict_spacing)):
+            raise InputError(f"--predict-spacing {self.predict_spacing} is not valid; give a positive size in mm")
         if self.max_size < 16:
             raise InputError(f"--max-size {self.max_size} is not valid; give at least 16 voxels")
         if self.ncc_window < 3 or self.ncc_window % 2 == 0:

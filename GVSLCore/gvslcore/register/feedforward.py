@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from ..errors import InputError
 
@@ -44,6 +45,29 @@ def predict(model: torch.nn.Module, fixed_w: torch.Tensor, moving_w: torch.Tenso
     shape = fixed_w.shape[2:]
     affine, residual, _, _ = model.match(model.unet.features(fixed_w), model.unet.features(moving_w), shape)
     return affine[0].float().clone(), residual.float().clone()
+
+
+def predict_coarse(model: torch.nn.Module, fixed_w: torch.Tensor, moving_w: torch.Tensor, spacing_mm: float,
+                   predict_spacing_mm: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`predict` on a copy of the working grid coarsened to ``predict_spacing_mm`` (when that is
+    coarser), the mapping carried back to the working grid; same outputs as :func:`predict`.
+
+    Both grids span the same extent with ``align_corners=True``, so a coarse voxel coordinate about the
+    centre is ``r = (n_work - 1) / (n_coarse - 1)`` working voxels per axis: A -> R A R^-1, t -> R t,
+    and the residual is resized with each component scaled by its axis' r.
+    """
+    shape = tuple(fixed_w.shape[2:])
+    if not predict_spacing_mm or predict_spacing_mm <= spacing_mm * 1.01:
+        return predict(model, fixed_w, moving_w)
+    coarse = tuple(max(16, round((n - 1) * spacing_mm / predict_spacing_mm) + 1) for n in shape)
+    if coarse == shape:
+        return predict(model, fixed_w, moving_w)
+    affine_c, residual_c = predict(model, F.interpolate(fixed_w, size=coarse, mode="area"),
+                                   F.interpolate(moving_w, size=coarse, mode="area"))
+    r = torch.tensor([(n - 1) / (c - 1) for n, c in zip(shape, coarse)], device=affine_c.device)
+    affine = torch.cat([affine_c[:, :3] * r.view(3, 1) / r.view(1, 3), (affine_c[:, 3] * r).view(3, 1)], dim=1)
+    residual = F.interpolate(residual_c, size=shape, mode="trilinear", align_corners=True) * r.view(1, 3, 1, 1, 1)
+    return affine, residual
 
 
 def identity_affine(device: torch.device | str) -> torch.Tensor:

@@ -8,6 +8,7 @@ Tensors are (1, C, D, H, W) with channels and axes (z, y, x); fields are in voxe
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -196,6 +197,7 @@ def instance_optimize(
     spacing_mm: Sequence[float],
     cfg: RegisterConfig,
     on_step: StepCallback | None = None,
+    seconds: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
     """Refine ``p -> Aff(p + v(p))`` on this pair by Adam on local NCC + smoothness, coarse to fine.
 
@@ -209,6 +211,7 @@ def instance_optimize(
         spacing_mm: working spacing (z, y, x).
         cfg: iterations per level, levels, weights, steps.
         on_step: called as (step, total, losses) every 10 steps.
+        seconds: filled with the seconds of each level (``level_1`` coarsest) when given.
 
     Returns:
         (affine (3, 4), residual (1, 3, D, H, W)) in working voxels, and the final losses.
@@ -222,8 +225,11 @@ def instance_optimize(
     v_n = residual.detach() / h_w.view(1, 3, 1, 1, 1)
     progress = _Progress(cfg.total_steps, on_step)
     for level, lshape in enumerate(_level_shapes(shape, cfg.levels)):
+        t0 = time.monotonic()
         images = _level_images(fixed_w, moving_w, lshape)
         v_n = _optimize_level(level, images, a_param, t_param, v_n, extent, cfg, progress)
+        if seconds is not None:
+            seconds[f"level_{level + 1}"] = round(time.monotonic() - t0, 3)
     a_v = a_param.detach() * h_w.view(3, 1) / h_w.view(1, 3)
     t_v = t_param.detach() * h_w
     residual_out = _resize(v_n, shape) * h_w.view(1, 3, 1, 1, 1)
