@@ -405,7 +405,9 @@ def test_bad_inputs_fail_with_one_line_and_write_nothing(tmp_path, phantom_pair,
                     "--init", "none", "--out", str(out)], capsys)
     assert "overlap" in msg
 
-    msg = _run_bad(["register", str(p["fixed"]), str(p["moving"]), "--model", "none", "--out", str(out)], capsys)
+    # --model none with no steps at all: nothing would move.
+    msg = _run_bad(["register", str(p["fixed"]), str(p["moving"]), "--model", "none", "--iterations", "0",
+                    "--out", str(out)], capsys)
     assert "--iterations" in msg
 
     # A segmentation model is not a registration model.

@@ -137,8 +137,10 @@ def test_segments_named_coloured_and_coded(loaded: dict) -> None:
         np.testing.assert_allclose(np.asarray(recommended) / 255.0, label.color, atol=0.5 / 255)
 
 
-def test_heart_colours_are_those_of_slicers_dicom_master_list(mrml) -> None:
-    """Where Slicer's DICOM master list (loaded by the real logic) has the structure, our colour is its colour."""
+def test_heart_codes_are_slicers_and_colours_our_own(mrml) -> None:
+    """Every heart structure's SNOMED type is in Slicer's DICOM master list (loaded by the real logic);
+    the colours are deliberately not Slicer's (its near-identical terracotta shades cannot be told
+    apart), and differ from them by more than rounding."""
     import slicer
 
     logic = slicer.modules.terminologies.logic()
@@ -154,14 +156,13 @@ def test_heart_colours_are_those_of_slicers_dicom_master_list(mrml) -> None:
             logic.GetNthTypeInTerminologyCategory(context, category, j, kind)
             found[kind.GetCodeValue()] = tuple(kind.GetRecommendedDisplayRGBValue())
     assert found, "the DICOM master list has no Anatomical Structure types"
-    compared = 0
+    differ = 0
     for label in terminology.heart_template(RESOURCES):
         rgb = found.get(label.type.value)
-        if rgb is None or rgb == (127, 127, 127):  # absent, or listed without a recommended colour
+        if rgb is None or rgb == (127, 127, 127):
             continue
-        np.testing.assert_allclose(np.asarray(rgb) / 255.0, label.color, atol=0.5 / 255, err_msg=label.name)
-        compared += 1
-    assert compared >= 5
+        differ += int(np.abs(np.asarray(rgb) / 255.0 - np.asarray(label.color)).max() > 10 / 255)
+    assert differ >= 4, "the heart colours are Slicer's again"
 
 
 def test_segmentation_geometry_is_the_volumes(loaded: dict) -> None:
