@@ -100,6 +100,18 @@ def build_pairs(names: list[str]) -> dict[str, dict]:
     return pairs
 
 
+def ants_syn_timed(pair: dict) -> tuple[sitk.Image, float] | None:
+    """(ANTs SyN's field, seconds) for a pair, or None with a note when antspyx is not installed."""
+    try:
+        import ants  # noqa: F401
+    except ImportError:
+        print("note: antspyx is not installed (pip install --no-deps antspyx): no ANTs SyN row")
+        return None
+    t = time.monotonic()
+    field = baselines.ants_syn(pair["fixed"], pair["moving"])
+    return field, time.monotonic() - t
+
+
 def label_dice(a: np.ndarray, b: np.ndarray) -> float:
     scores = []
     for v in sorted(set(np.unique(b).tolist()) - {0}):
@@ -153,14 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"pair": name, "method": "before", **before(pair), "seconds": 0.0})
         for method in args.methods:
             if method == "ants":
-                try:
-                    import ants  # noqa: F401
-                except ImportError:
-                    print("note: antspyx is not installed (pip install --no-deps antspyx): no ANTs SyN row")
+                timed = ants_syn_timed(pair)
+                if timed is None:
                     continue
-                t = time.monotonic()
-                field = baselines.ants_syn(pair["fixed"], pair["moving"])
-                seconds, stages = time.monotonic() - t, {}
+                (field, seconds), stages = timed, {}
             else:
                 cfg = RegisterConfig(iterations=0 if method == "ff" else iterations, spacing=args.spacing)
                 use = None if method == "io" else model

@@ -287,32 +287,22 @@ def plausibility(labels: sitk.Image, ct: sitk.Image) -> dict[str, Any]:
     """
     spacing = [max(float(s), PLAUSIBILITY_SPACING_MM) for s in ct.GetSpacing()]
     if not np.allclose(spacing, ct.GetSpacing()):
-        size = [max(1, int(round(n * s / t))) for n, s, t in zip(ct.GetSize(), ct.GetSpacing(), spacing)]
-        grid = sitk.Image(size, sitk.sitkUInt8)
-        grid.SetSpacing(spacing)
-        grid.SetDirection(ct.GetDirection())
-        # The same physical extent: the first voxel's centre moves by half the change of spacing.
-        d = np.asarray(ct.GetDirection()).reshape(3, 3)
-        shift = 0.5 * (np.asarray(spacing) - np.asarray(ct.GetSpacing()))
-        grid.SetOrigin(tuple(np.asarray(ct.GetOrigin()) + d @ shift))
-        ct = sitk.Resample(ct, grid, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
-        labels = sitk.Resample(labels, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
+        from .io import resample_to_spacing
+
+        ct = resample_to_spacing(ct, spacing, default_value=-1024.0)
+        labels = resample_to_spacing(labels, spacing, label=True)
     rep = check_heart(labels, ct)
-    details = {
-        "labelled voxels in lung or chest wall": "values",
-        "myocardium not contrast blood": "myocardium voxels above 250 HU (%)",
-        "myocardium wraps": "myocardium around LV",
-    }
+    # The measurement behind a failed check, by the check's first words.
+    value_of = {"no labels in lung or chest wall": "labelled voxels in lung or chest wall (%)",
+                "myocardium not contrast blood": "myocardium voxels above 250 HU (%)",
+                "myocardium wraps": "myocardium around LV"}
     warnings = []
     for check in rep.failed():
-        detail = ""
-        for lab in HEART_LABELS:
-            if check.startswith(f"{lab.name} volume") or check.startswith(f"{lab.name} 70"):
-                detail = f"{rep.volumes_ml[lab.name]:g} ml"
-        for prefix, key in details.items():
-            if check.startswith(prefix) or check.startswith(f"no {prefix}"):
-                key = "labelled voxels in lung or chest wall (%)" if key == "values" else key
-                detail = f"{key}: {rep.values.get(key)}"
+        detail = next((f"{rep.volumes_ml[lab.name]:g} ml" for lab in HEART_LABELS
+                       if check.startswith((f"{lab.name} volume", f"{lab.name} 70"))), "")
+        key = next((k for prefix, k in value_of.items() if check.startswith(prefix)), None)
+        if key is not None:
+            detail = f"{key}: {rep.values.get(key)}"
         if check.startswith("each label in one main piece"):
             broken = [k for k, f in rep.main_piece.items() if 0 < f < 0.9]
             missing = [k for k, f in rep.main_piece.items() if f == 0]

@@ -112,16 +112,21 @@ def test_a_dicom_series_with_a_missing_slice_is_refused(tmp_path):
         read_image(folder)
 
 
+def _damage(path: Path, how: str) -> None:
+    """A slice file cut short ('truncate') or with its header overwritten ('overwrite')."""
+    data = bytearray(path.read_bytes())
+    if how == "truncate":
+        data = data[: len(data) - 100]
+    else:
+        data[132:400] = b"\xff" * 268
+    path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize("damage", ["truncate", "overwrite"])
 def test_a_dicom_series_with_a_corrupt_slice_names_it(tmp_path, damage):
     folder = _dicom_series(tmp_path / "dcm")
     bad = folder / "s004.dcm"
-    data = bytearray(bad.read_bytes())
-    if damage == "truncate":
-        data = data[: len(data) - 100]
-    else:
-        data[132:400] = b"\xff" * 268
-    bad.write_bytes(bytes(data))
+    _damage(bad, damage)
     with pytest.raises(InputError, match="incomplete: .*missing.*not readable as part of it: s004.dcm"):
         read_image(folder)
 
@@ -134,12 +139,7 @@ def test_a_corrupt_first_or_last_slice_is_named_not_read_as_a_shorter_series(tmp
     folder = _dicom_series(tmp_path / "dcm")
     (folder / "notes.txt").write_text("not a slice")  # other files in the folder are not slices
     bad = folder / which
-    data = bytearray(bad.read_bytes())
-    if damage == "truncate":
-        data = data[: len(data) - 100]
-    else:
-        data[132:400] = b"\xff" * 268
-    bad.write_bytes(bytes(data))
+    _damage(bad, damage)
     with pytest.raises(InputError, match=f"incomplete: {which} cannot be read as a slice of it"):
         read_image(folder)
     assert main(["segment", str(folder), str(tmp_path / "out.seg.nrrd"), "--progress", "none"]) == 2

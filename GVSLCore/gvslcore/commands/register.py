@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..cli import add_common, progress_mode
 from ..zoo import DEFAULT_REGISTRATION_ITERATIONS as DEFAULT_ITERATIONS
+from ..zoo import DEFAULT_REGISTRATION_MODEL
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -58,8 +59,6 @@ def run(args: argparse.Namespace) -> int:
     positive(args.predict_spacing, "--predict-spacing", unit="mm", zero=True)
     positive(args.smooth_weight, "--smooth-weight", zero=True)
     check_device(args.device)
-    from ..zoo import DEFAULT_REGISTRATION_MODEL
-
     if args.model is None:
         args.model = DEFAULT_REGISTRATION_MODEL
     if args.iterations is None:

@@ -116,7 +116,7 @@ def _initial_alignment(fixed: sitk.Image, moving: sitk.Image, mod_f: str, mod_m:
     return _Aligned(mod_f, mod_m, bg_f, bg_m, t_init, affine_to_matrix(t_init))
 
 
-def _working_spacing(fixed: sitk.Image, has_model: bool, metadata: dict[str, Any], cfg: RegisterConfig) -> float:
+def _working_spacing(fixed: sitk.Image, cfg: RegisterConfig) -> float:
     """mm: ``--spacing``, else DEFAULT_SPACING_MM, never finer than the fixed image (with or without
     a model).
 
@@ -326,7 +326,7 @@ def register_images(
     timer.lap("initial_alignment")
 
     stage("working grid")
-    wk = _working_images(fixed, moving, _working_spacing(fixed, run.model, metadata, cfg), cfg, al, names)
+    wk = _working_images(fixed, moving, _working_spacing(fixed, cfg), cfg, al, names)
     timer.lap("working_grid")
 
     f_t, m_t, affine, residual = _start(model, wk, run, stage, cfg)
