@@ -176,6 +176,12 @@ class GVSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if inputVolume is None:
             slicer.util.errorDisplay("Select an input volume first.")
             return
+        imageData = inputVolume.GetImageData()
+        problem = imaging.not_a_3d_volume(inputVolume.GetName(), imageData.GetDimensions() if imageData else None)
+        if problem:
+            # gvsl segment would refuse it too, but naming the job's temporary input.nrrd, not the volume.
+            slicer.util.errorDisplay(problem, "GVSL: not a 3-D volume")
+            return
         if not slicerglue.ensure_dependencies():
             return
         if not entry.installed:

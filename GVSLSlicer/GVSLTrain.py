@@ -145,7 +145,9 @@ class GVSLTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # The annotators' loop: a model that just appeared (the last fine-tuning) is where the next
         # round starts; otherwise the user's choice stays.
         newest = self.logic.newestModel(self.segmentationEntries)
-        choice = newest.id if newest is not None and newest.id not in known else current
+        # (Not when the list is filled the first time: every model is "new" then, and the first round
+        # starts from the pre-trained network.)
+        choice = newest.id if newest is not None and known and newest.id not in known else current
         combo.setCurrentIndex(max(combo.findData(choice or ""), 0))
         combo.blockSignals(wasBlocked)
         self.backboneEntries = backbones

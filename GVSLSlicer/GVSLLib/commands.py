@@ -36,14 +36,14 @@ def finetune_args(pretrained: str, images: str, labels: str, out: str, steps: in
                   run: str | None = None) -> list[str]:
     """Fine-tuning keeps the pre-trained network's width, so there is no width here. ``run`` is the
     run folder (checkpoints; gvsl's default is next to ``out``)."""
-    args = ["finetune", "--pretrained", pretrained, "--images", images, "--labels", labels, "--out", out,
+    # gvsl finetune takes --init (continue a fine-tuned model) or --pretrained (a backbone), not both.
+    start = ["--init", init] if init else ["--pretrained", pretrained]
+    args = ["finetune", *start, "--images", images, "--labels", labels, "--out", out,
             "--steps", str(steps), "--patch", str(patch), "--batch", str(batch), "--device", device]
     if run:
         args += ["--run", run]
     if label_table:
         args += ["--label-table", label_table]
-    if init:
-        args += ["--init", init]
     return args
 
 

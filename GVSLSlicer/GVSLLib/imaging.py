@@ -133,3 +133,14 @@ def plausibility_lines(result: dict[str, Any] | None) -> list[str]:
         detail = warning.get("detail")
         lines.append(f"{who}: {warning.get('check')} failed" + (f" ({detail})" if detail else ""))
     return lines
+
+
+def not_a_3d_volume(name: str, dimensions: tuple[int, ...] | None) -> str:
+    """Why a volume of these (x, y, z) dimensions cannot be segmented or registered ("" when it can)."""
+    if dimensions is None:
+        return f"'{name}' has no image data: load or choose a volume."
+    if len(dimensions) != 3 or min(dimensions) < 2:
+        size = " x ".join(str(d) for d in dimensions)
+        return (f"'{name}' is not a 3-D volume (size {size}): GVSL needs at least 2 voxels along each axis. "
+                "Choose a 3-D CT or MR volume.")
+    return ""

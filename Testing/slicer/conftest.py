@@ -43,3 +43,30 @@ def mrml(tmp_path_factory: pytest.TempPathFactory):
     import mrml_app
 
     yield from mrml_app.session(tmp_path_factory.mktemp("mrml"))
+
+
+@pytest.fixture(scope="session")
+def panels(mrml, tmp_path_factory: pytest.TempPathFactory):
+    """The module panels' world (see slicer_panels): PythonQt's ``qt`` over PySide6, strict CTK/Slicer widget
+    stand-ins, slicer-core's MRML; skips (with mrml) when slicer-core is not installed."""
+    import slicer_panels
+
+    harness = slicer_panels.Harness(mrml, tmp_path_factory.mktemp("panels"))
+    try:
+        yield harness
+    finally:
+        harness.uninstall()
+
+
+@pytest.fixture()
+def panel_env(panels, isolated_home: Path):
+    """Per test: GVSL_HOME in tmp, an empty scene, no recorded messages; fails on exceptions raised in slots."""
+    panels.mrml.clear()
+    panels.reset_records()
+    yield panels
+    for panel in list(panels.panels):
+        panel.close()
+    errors = panels.slot_errors()
+    panels.reset_records()
+    panels.mrml.clear()
+    assert not errors, "exceptions in slots connected from Qt:\n" + "\n".join(errors)
