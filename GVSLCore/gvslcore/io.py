@@ -256,12 +256,49 @@ def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = 
             raise OutputError(f"writing {path} failed: {problem}; free disk space or choose another location")
 
     with atomic_path(path, verify=verify) as tmp:
+        gzip_here = compress and tmp.name.lower().endswith(".nii.gz")
+        target = tmp.with_name(tmp.name[:-3]) if gzip_here else tmp
         try:
-            sitk.WriteImage(image, str(tmp), useCompression=compress)
-        except RuntimeError:
-            raise OutputError(f"writing {path} failed: the image writer reported an error (a full disk?); "
-                              "free disk space or choose another location") from None
+            try:
+                sitk.WriteImage(image, str(target), useCompression=compress and not gzip_here)
+            except RuntimeError:
+                raise OutputError(f"writing {path} failed: the image writer reported an error (a full disk?); "
+                                  "free disk space or choose another location") from None
+            if gzip_here:
+                gzip_file(target, tmp)
+        finally:
+            if gzip_here:
+                target.unlink(missing_ok=True)
     return path
+
+
+# Deflate (level 1) only when a sample of the data shrinks below this fraction, else stored blocks:
+# at about 40 MB/s on a laptop core deflate is worth its time only when it halves the file.
+_WORTH_COMPRESSING = 0.5
+
+
+def gzip_file(src: Path, dst: Path, chunk: int = 1 << 24) -> int:
+    """gzip ``src`` into ``dst``; returns the deflate level used.
+
+    ITK's NIfTI writer deflates at zlib's default level whatever level it is given: 4.5 s on two
+    cores for the 1.5 mm displacement field of a chest CT (178 MB), which shrinks only to 65 %
+    (float mantissas hardly compress; a CT in float32 to 84 %). Here a 4 MiB sample from the
+    middle of the file decides: level 1 when it shrinks below half, else stored blocks, so label
+    maps and masks stay small and float volumes cost a copy. Every .nii.gz reader reads both (stored
+    blocks are valid deflate)."""
+    import zlib
+
+    size = src.stat().st_size
+    with open(src, "rb") as f:
+        f.seek(max(0, size // 2 - (1 << 21)))
+        sample = f.read(1 << 22)
+    level = 1 if sample and len(zlib.compress(sample, 1)) < _WORTH_COMPRESSING * len(sample) else 0
+    packer = zlib.compressobj(level, zlib.DEFLATED, 31)  # wbits 31: a gzip header and trailer
+    with open(src, "rb") as f, open(dst, "wb") as out:
+        while block := f.read(chunk):
+            out.write(packer.compress(block))
+        out.write(packer.flush())
+    return level
 
 
 def same_geometry(a: sitk.Image, b: sitk.Image, tol: float = 1e-4) -> bool:
