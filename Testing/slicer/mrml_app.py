@@ -417,3 +417,31 @@ def session(tmp: Path) -> Any:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def heart_segment_entries(segmentation: Any, atol: float) -> Any:
+    """Yield (index, segment, template label, terminology entry) for the seven heart segments of a
+    vtkSegmentation, after checking the count, each name and colour (within ``atol``) and that each
+    segment carries a terminology entry whose type is the template's SNOMED CT code."""
+    import numpy as np
+    import slicer
+    import vtk
+
+    from GVSLLib import terminology
+    from slicer_testpaths import RESOURCES
+
+    template = terminology.heart_template(RESOURCES)
+    assert segmentation.GetNumberOfSegments() == 7
+    tag = slicer.vtkSegment.GetTerminologyEntryTagName()
+    logic = slicer.modules.terminologies.logic()
+    for index, label in enumerate(template):
+        segment = segmentation.GetNthSegment(index)
+        assert segment.GetName() == label.name
+        np.testing.assert_allclose(segment.GetColor(), label.color, atol=atol)
+        value = vtk.mutable("")
+        assert segment.GetTag(tag, value)
+        entry = slicer.vtkSlicerTerminologyEntry()
+        assert logic.DeserializeTerminologyEntry(str(value), entry)
+        assert entry.GetTypeObject().GetCodeValue() == label.type.value
+        assert entry.GetTypeObject().GetCodingSchemeDesignator() == "SCT"
+        yield index, segment, label, entry

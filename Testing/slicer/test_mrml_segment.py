@@ -112,21 +112,12 @@ def test_volume_geometry_is_simpleitk_lps_in_ras(loaded: dict, cta_case: dict) -
 
 def test_segments_named_coloured_and_coded(loaded: dict) -> None:
     import slicer
-    import vtk
 
-    template = terminology.heart_template(RESOURCES)
-    segmentation = loaded["segmentation"].GetSegmentation()
-    assert segmentation.GetNumberOfSegments() == 7
-    tag = slicer.vtkSegment.GetTerminologyEntryTagName()
+    import mrml_app
+
     logic = slicer.modules.terminologies.logic()
-    for index, label in enumerate(template):
-        segment = segmentation.GetNthSegment(index)
-        assert segment.GetName() == label.name
-        np.testing.assert_allclose(segment.GetColor(), label.color, atol=1e-6)
-        value = vtk.mutable("")
-        assert segment.GetTag(tag, value)
-        entry = slicer.vtkSlicerTerminologyEntry()
-        assert logic.DeserializeTerminologyEntry(str(value), entry)
+    segmentation = loaded["segmentation"].GetSegmentation()
+    for _index, _segment, label, entry in mrml_app.heart_segment_entries(segmentation, atol=1e-6):
         assert entry.GetTerminologyContextName() == terminology.CONTEXT_NAME
         # The real logic finds the entry in the GVSL heart context loaded from Resources/Terminology.
         assert logic.UpdateEntryFromLoadedTerminologies(entry, [terminology.CONTEXT_NAME], [])

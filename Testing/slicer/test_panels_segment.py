@@ -13,9 +13,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from GVSLLib import terminology
-from slicer_testpaths import RESOURCES
-
 JOB_TIMEOUT = 180  # seconds; a safety net, not a timing assertion
 
 
@@ -55,7 +52,6 @@ def test_segment_heart_chambers_with_nothing_installed(panel_env, chest_files) -
     """Nothing in GVSL_HOME: the bundled heart model; one click gives the seven named, coloured, coded segments
     on the input's geometry, the progress bar moving on the way."""
     import slicer
-    import vtk
 
     env = panel_env
     panel = env.open("GVSLSegment")
@@ -88,21 +84,11 @@ def test_segment_heart_chambers_with_nothing_installed(panel_env, chest_files) -
     assert node.GetName() == f"{volume.GetName()} heart"
     reference = node.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
     assert reference is volume
+    import mrml_app
+
     segmentation = node.GetSegmentation()
-    template = terminology.heart_template(RESOURCES)
-    assert segmentation.GetNumberOfSegments() == 7
-    tag = slicer.vtkSegment.GetTerminologyEntryTagName()
-    logic = slicer.modules.terminologies.logic()
-    for index, label in enumerate(template):
-        segment = segmentation.GetNthSegment(index)
-        assert segment.GetName() == label.name
-        np.testing.assert_allclose(segment.GetColor(), label.color, atol=0.5 / 255)  # the model file keeps 4 decimals
-        value = vtk.mutable("")
-        assert segment.GetTag(tag, value)
-        entry = slicer.vtkSlicerTerminologyEntry()
-        assert logic.DeserializeTerminologyEntry(str(value), entry)
-        assert entry.GetTypeObject().GetCodeValue() == label.type.value
-        assert entry.GetTypeObject().GetCodingSchemeDesignator() == "SCT"
+    # the model file keeps 4 decimals of each colour
+    for index, _segment, label, _entry in mrml_app.heart_segment_entries(segmentation, atol=0.5 / 255):
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(node, segmentation.GetNthSegmentID(index), volume)
         assert mask.any(), f"{label.name} is empty"
     # The volumes the job measured are in the status line.
