@@ -201,7 +201,11 @@ class GVSLRegisterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                        self.ui.overlayCheckerboardRadioButton, self.ui.faderSlider,
                        self.ui.checkerboardSquaresSpinBox):
             widget.enabled = hasResult
-        self.ui.metricsLabel.text = imaging.metrics_text(self.logic.metrics(node)) if hasResult else "-"
+        metrics = self.logic.metrics(node) if hasResult else {}
+        self.ui.metricsLabel.text = imaging.metrics_text(metrics) if hasResult else "-"
+        warnings = imaging.metrics_warnings(metrics)
+        self.ui.metricsWarningLabel.text = "\n".join(f"Warning: {w}" for w in warnings)
+        self.ui.metricsWarningLabel.visible = bool(warnings)
         if hasResult:
             self.onDeformationMode()
         self.updateButtons()

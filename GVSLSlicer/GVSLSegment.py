@@ -196,7 +196,7 @@ class GVSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         device = slicerglue.device_argument(self.ui.deviceComboBox)
         if device is None:
             return
-        self.showPlausibility(None)
+        self.showChecks(None)
         with slicer.util.tryWithErrorDisplay("Could not start the segmentation.", waitCursor=True):
             job = self.logic.startSegmentation(inputVolume, entry, device=device, fast=self.ui.fastCheckBox.checked)
             self.pending = {"kind": "segment", "input": inputVolume,
@@ -228,11 +228,13 @@ class GVSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             outputs = job.progress.outputs or {}
             volumes = imaging.volumes_text(outputs.get("volumes_ml"))
             self.ui.statusLabel.text = f"Done: {node.GetName()}" + (f" ({volumes})" if volumes else "")
-            self.showPlausibility(outputs.get("plausibility"))
+            self.showChecks(outputs)
 
-    def showPlausibility(self, result):
-        """The failed anatomy checks of a result, one line per structure and reason (hidden when all pass)."""
-        lines = imaging.plausibility_lines(result)
+    def showChecks(self, outputs):
+        """The failed anatomy checks and the low-confidence structures of a result (a ``gvsl segment``
+        done event's outputs, or None), one line per structure and reason (hidden when all pass)."""
+        outputs = outputs or {}
+        lines = imaging.plausibility_lines(outputs.get("plausibility")) + imaging.confidence_lines(outputs)
         self.ui.plausibilityLabel.text = "\n".join(["Check this result:"] + lines) if lines else ""
         self.ui.plausibilityLabel.visible = bool(lines)
 

@@ -8,6 +8,9 @@ Memory stays bounded: windows are processed row by row along z, and only a slab 
 of class scores is held; finished slices are reduced to labels as soon as no later window can
 touch them. Windows are batched; on CUDA they run under bf16 (fp16 where bf16 is missing)
 autocast, and an out-of-memory error halves the batch, then falls back to the CPU with a warning.
+
+Each label's confidence (the mean probability of the winning class over its voxels) is summed slab
+by slab as the labels are finalized, so it costs no volume of its own.
 """
 
 from __future__ import annotations
@@ -35,6 +38,13 @@ logger = logging.getLogger("gvsl.segment")
 
 # Intensity test-time augmentation: gamma curves the network saw during fine-tuning.
 TTA_GAMMAS = (1.0, 0.8, 1.25)
+
+UNCERTAIN_PROBABILITY = 0.5
+"""A voxel whose winning class has less probability than this is uncertain: no class holds a majority."""
+LOW_CONFIDENCE = 0.7
+"""A structure whose mean winning probability is below this is reported as low confidence (logged,
+and shown in GVSL Segment's panel): on average almost a third of the probability went elsewhere. The
+bundled heart model gives 0.77-0.97 per structure on synthetic chest CTs whose anatomy checks pass."""
 
 
 @dataclass
@@ -177,6 +187,50 @@ def load_segmenter(model: str | os.PathLike, device: str | torch.device = "cpu")
 
 # -- sliding windows -------------------------------------------------------------------------------
 
+@dataclass
+class ConfidenceTally:
+    """Per-class sums over the voxels of a prediction, added slab by slab (no full-size volume).
+
+    Attributes:
+        num_classes: K; classes are the label values 0 .. K-1.
+        voxels: (K,) voxels labelled with each class.
+        probability: (K,) sum over those voxels of the winning class's probability (each in [0, 1]).
+        uncertain: (K,) those voxels whose winning probability is below UNCERTAIN_PROBABILITY.
+    """
+
+    num_classes: int
+    voxels: np.ndarray = field(init=False)
+    probability: np.ndarray = field(init=False)
+    uncertain: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.voxels = np.zeros(self.num_classes, dtype=np.int64)
+        self.probability = np.zeros(self.num_classes, dtype=np.float64)
+        self.uncertain = np.zeros(self.num_classes, dtype=np.int64)
+
+    def add(self, labels: np.ndarray, winning: np.ndarray) -> None:
+        """Count voxels of any shape: ``labels`` (integers in [0, K)) and ``winning`` (their class's probability)."""
+        labels = np.asarray(labels).ravel()
+        winning = np.asarray(winning, dtype=np.float64).ravel()  # float64 sums: millions of voxels
+        k = self.num_classes
+        self.voxels += np.bincount(labels, minlength=k)[:k]
+        self.probability += np.bincount(labels, weights=winning, minlength=k)[:k]
+        self.uncertain += np.bincount(labels[winning < UNCERTAIN_PROBABILITY], minlength=k)[:k]
+
+    def report(self, table: LabelTable) -> dict[str, dict[str, float]]:
+        """``{"confidence": {name: mean winning probability}, "uncertain_fraction": {name: share of voxels
+        below UNCERTAIN_PROBABILITY}}``, both in [0, 1] and rounded to 3 decimals, for each label of
+        ``table`` that has voxels (a label the network never chose has no confidence)."""
+        confidence: dict[str, float] = {}
+        uncertain: dict[str, float] = {}
+        for lab in table:
+            if 0 < lab.value < self.num_classes and self.voxels[lab.value] > 0:
+                n = float(self.voxels[lab.value])
+                confidence[lab.name] = round(min(1.0, max(0.0, float(self.probability[lab.value]) / n)), 3)
+                uncertain[lab.name] = round(float(self.uncertain[lab.value]) / n, 3)
+        return {"confidence": confidence, "uncertain_fraction": uncertain}
+
+
 def window_starts(size: int, window: int, overlap: float) -> list[int]:
     """Evenly spread window starts covering ``[0, size)`` with at least ``overlap`` shared."""
     if window >= size:
@@ -302,6 +356,7 @@ def sliding_window_labels(
     sigma_scale: float = 0.125,
     reporter: Reporter | None = None,
     progress_offset: int = 0,
+    confidence: ConfidenceTally | None = None,
 ) -> np.ndarray:
     """Label map of a whole (z, y, x) volume by Gaussian-blended sliding windows.
 
@@ -312,6 +367,8 @@ def sliding_window_labels(
         window: (d, h, w); clipped to the volume size.
         overlap: fraction shared by neighbouring windows.
         reporter: gets a progress event per row of windows (step = windows done).
+        confidence: if given, gets every finalized voxel's label and winning-class probability (on this,
+            the network's grid, before any cleanup of the labels).
 
     Returns:
         (D, H, W) uint8 argmax labels.
@@ -339,6 +396,12 @@ def sliding_window_labels(
             return
         n = min(n, depth)  # windows overlap or touch along z, so nothing lies beyond the slab
         out[slab_z0 : slab_z0 + n] = slab[:, :n].argmax(dim=0).to(torch.uint8).cpu().numpy()
+        if confidence is not None:
+            # Each window's probabilities sum to 1 over the classes, so the class sum of the blended
+            # scores is the voxel's weight sum: max / sum is the winning class's blended probability.
+            scores = slab[:, :n]
+            winning = (scores.amax(dim=0) / scores.sum(dim=0).clamp_min(1e-12)).clamp_(0.0, 1.0)
+            confidence.add(out[slab_z0 : slab_z0 + n], winning.cpu().numpy())
         rest = torch.zeros_like(slab)
         if n < depth:
             rest[:, : depth - n] = slab[:, n:]
@@ -474,10 +537,10 @@ def available_memory() -> int | None:
 def estimate_memory(input_size: Sequence[int], working_shape: Sequence[int], num_classes: int, window: Sequence[int],
                     smooth: bool) -> int:
     """Peak bytes of :func:`segment_image` beside the network: input, working volume, label maps,
-    the score slab and the resampling buffers."""
+    the score slab (plus the confidence tally's three class-free slab buffers) and the resampling buffers."""
     n_in = math.prod(input_size)
     n_work = math.prod(working_shape)
-    slab = num_classes * min(window[0], working_shape[0]) * working_shape[1] * working_shape[2] * 4
+    slab = (num_classes + 3) * min(window[0], working_shape[0]) * working_shape[1] * working_shape[2] * 4
     back = n_in * (4 * 3 + 1) if smooth else n_in * 2
     return n_in * 4 + n_work * (4 * 2 + 2) + slab + back
 
@@ -532,9 +595,10 @@ def _predict_working(image: sitk.Image, seg: Segmenter, settings: InferenceSetti
     gammas = TTA_GAMMAS if settings.tta else (1.0,)
     seg.network.to(device)
     predictor = WindowPredictor(seg.network, device, batch, amp=settings.amp, gammas=gammas)
+    tally = ConfidenceTally(seg.num_classes)
     labels_arr = sliding_window_labels(array, predictor, seg.num_classes, window, settings.overlap,
                                        sigma_scale=settings.sigma_scale, reporter=reporter,
-                                       progress_offset=progress_offset)
+                                       progress_offset=progress_offset, confidence=tally)
     values = [v for v in seg.table.values if v < seg.num_classes]
     largest = settings.largest_component
     if largest is None:
@@ -545,7 +609,7 @@ def _predict_working(image: sitk.Image, seg: Segmenter, settings: InferenceSetti
     labels_work.CopyInformation(resampled)
     info = {"windows": count_windows(array.shape, window, settings.overlap), "window": list(window),
             "working_shape": list(array.shape), "device": str(predictor.device), "batch": predictor.batch,
-            "fallbacks": predictor.fallbacks}
+            "fallbacks": predictor.fallbacks, **tally.report(seg.table), "confidence_threshold": LOW_CONFIDENCE}
     return labels_work, info
 
 
@@ -603,7 +667,10 @@ def segment_image(
     around the locator's largest labelled piece) at its own spacing; outside it, background.
 
     Returns:
-        (labels uint8 image, info dict: windows, working shape, device, fallbacks, region).
+        (labels uint8 image, info dict: windows, working shape, device, fallbacks, region, and per label
+        name ``confidence`` and ``uncertain_fraction`` (see :meth:`ConfidenceTally.report`): measured on
+        the main network's working grid over its argmax labels, before the largest-component cleanup and
+        the mapping back to the input grid).
     """
     from .engine import resolve_device
 
@@ -679,8 +746,23 @@ def segment_file(
     spacing_ml = math.prod(image.GetSpacing()) / 1000.0
     volumes = {lab.name: round(float(counts[lab.value]) * spacing_ml, 3) for lab in seg.table if lab.value < len(counts)}
     outputs = {"segmentation": str(path), "model": seg.source, "volumes_ml": volumes, **info}
-    outputs.update(_check_result(labels, image, seg, Path(path)))
+    for line in low_confidence_lines(outputs["confidence"], outputs["uncertain_fraction"]):
+        log(f"check: {line}")
+    outputs.update(_check_result(labels, image, seg, Path(path), info))
     return outputs
+
+
+def low_confidence_lines(confidence: dict[str, float], uncertain: dict[str, float],
+                         threshold: float = LOW_CONFIDENCE) -> list[str]:
+    """'right atrium: low confidence 0.62 (31 % of its voxels below 0.5)' for each structure whose mean
+    winning probability is below ``threshold``."""
+    lines = []
+    for name, value in confidence.items():
+        if value < threshold:
+            share = uncertain.get(name)
+            detail = f" ({100 * share:.0f} % of its voxels below {UNCERTAIN_PROBABILITY:g})" if share else ""
+            lines.append(f"{name}: low confidence {value:.2f}{detail}")
+    return lines
 
 
 def plausibility_path(output: Path) -> Path:
@@ -693,9 +775,11 @@ def plausibility_path(output: Path) -> Path:
     return output.with_name(name + ".plausibility.json")
 
 
-def _check_result(labels: sitk.Image, image: sitk.Image, seg: Segmenter, path: Path) -> dict[str, Any]:
+def _check_result(labels: sitk.Image, image: sitk.Image, seg: Segmenter, path: Path,
+                  info: dict[str, Any] | None = None) -> dict[str, Any]:
     """Plausibility of a heart result (gvslcore.heartcheck) in the sidecar JSON and the done event;
-    nothing for other label tables, whose anatomy we do not know."""
+    nothing for other label tables, whose anatomy we do not know. The sidecar also keeps the
+    per-structure ``confidence`` and ``uncertain_fraction`` of ``info`` (segment_image's)."""
     from .atomic import write_json
     from .heartcheck import is_heart_table, plausibility, warning_lines
 
@@ -703,6 +787,9 @@ def _check_result(labels: sitk.Image, image: sitk.Image, seg: Segmenter, path: P
         return {}
     result = plausibility(labels, image)
     result["segmentation"] = path.name
+    for key in ("confidence", "uncertain_fraction", "confidence_threshold"):
+        if info and key in info:
+            result[key] = info[key]
     sidecar = plausibility_path(path)
     write_json(sidecar, result)
     for line in warning_lines(result):

@@ -135,6 +135,35 @@ def plausibility_lines(result: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+LOW_CONFIDENCE = 0.7
+"""Mean winning probability below which a structure is flagged, when the done event names no
+``confidence_threshold`` (gvslcore.segment.LOW_CONFIDENCE; GVSLLib does not import gvslcore)."""
+
+
+def confidence_lines(outputs: dict[str, Any] | None) -> list[str]:
+    """'right atrium: low confidence 0.62 (31 % of its voxels below 0.5)' for each structure of a
+    ``gvsl segment`` done event whose ``confidence`` (mean winning probability, 0-1) is below the
+    event's ``confidence_threshold``; [] when every structure is above it or nothing was measured."""
+    outputs = outputs or {}
+    confidence = outputs.get("confidence") if isinstance(outputs.get("confidence"), dict) else {}
+    uncertain = outputs.get("uncertain_fraction") if isinstance(outputs.get("uncertain_fraction"), dict) else {}
+    threshold = outputs.get("confidence_threshold")
+    threshold = float(threshold) if isinstance(threshold, (int, float)) else LOW_CONFIDENCE
+    lines = []
+    for name, value in confidence.items():
+        if isinstance(value, (int, float)) and value < threshold:
+            share = uncertain.get(name)
+            detail = f" ({100 * share:.0f} % of its voxels below 0.5)" if isinstance(share, (int, float)) and share else ""
+            lines.append(f"{name}: low confidence {value:.2f}{detail}")
+    return lines
+
+
+def metrics_warnings(metrics: dict[str, Any]) -> list[str]:
+    """The warnings of a registration's ``metrics.json`` (folding, poor similarity, modality), one per line."""
+    warnings = metrics.get("warnings")
+    return [str(w) for w in warnings if w] if isinstance(warnings, list) else []
+
+
 def not_a_3d_volume(name: str, dimensions: tuple[int, ...] | None) -> str:
     """Why a volume of these (x, y, z) dimensions cannot be segmented or registered ("" when it can)."""
     if dimensions is None:

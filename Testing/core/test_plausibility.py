@@ -1,6 +1,6 @@
 """Plausibility in every heart result (gvslcore.heartcheck.plausibility): the warnings name the
 structure and the reason, the checks read physical space on any grid, and `gvsl segment` reports
-them in its done event and in a sidecar JSON beside the output."""
+them in its done event and in a sidecar JSON beside the output, with each structure's confidence."""
 
 from __future__ import annotations
 
@@ -95,3 +95,8 @@ def test_gvsl_segment_reports_its_checks_in_the_done_event_and_a_sidecar(tmp_pat
     assert report["total"] >= 15 and set(report["volumes_ml"]) == {
         "left ventricle", "right ventricle", "left atrium", "right atrium", "left ventricular myocardium",
         "ascending aorta", "pulmonary artery"}
+    # Each structure's confidence (mean winning probability), the same in the event and the sidecar.
+    assert set(outputs["confidence"]) == set(report["volumes_ml"])
+    assert report["confidence"] == outputs["confidence"] and report["uncertain_fraction"] == outputs["uncertain_fraction"]
+    for name, value in outputs["confidence"].items():
+        assert 0.0 <= value <= 1.0 and 0.0 <= outputs["uncertain_fraction"][name] <= 1.0, name

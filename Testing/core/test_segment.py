@@ -13,9 +13,10 @@ import torch
 from gvslcore.bundle import default_metadata, save_model
 from gvslcore.cli import main
 from gvslcore.errors import InputError, OutputError
-from gvslcore.labels import HEART_LABELS, LabelTable
+from gvslcore.labels import HEART_LABELS, LabelInfo, LabelTable
 from gvslcore.nets import SegNet
 from gvslcore.segment import (
+    ConfidenceTally,
     InferenceSettings,
     Segmenter,
     WindowPredictor,
@@ -89,6 +90,56 @@ def test_slab_sliding_window_equals_full_volume_accumulation():
     ref = _full_volume_reference(volume, predictor, 4, (16, 16, 16), 0.5)
     assert ours.shape == volume.shape
     np.testing.assert_array_equal(ours, ref)
+
+
+def test_confidence_sums_equal_the_normalized_full_volume_probabilities():
+    """The slab-wise tally equals the per-label mean of the winning probability computed from the whole
+    blended probability volume (scores divided by the summed window weights)."""
+    torch.manual_seed(1)
+    net = SegNet(4, 4).eval()
+    volume = np.random.default_rng(2).random((37, 29, 26), dtype=np.float32)
+    predictor = WindowPredictor(net, torch.device("cpu"), batch=3)
+    tally = ConfidenceTally(4)
+    labels = sliding_window_labels(volume, predictor, 4, (16, 16, 16), 0.5, confidence=tally)
+    win, g = (16, 16, 16), gaussian_importance((16, 16, 16))
+    acc, weights = torch.zeros((4, *volume.shape)), torch.zeros(volume.shape)
+    starts = [window_starts(s, w, 0.5) for s, w in zip(volume.shape, win)]
+    for z, y, x in itertools.product(*starts):
+        box = (slice(z, z + 16), slice(y, y + 16), slice(x, x + 16))
+        acc[(slice(None), *box)] += predictor(torch.from_numpy(volume)[box][None, None])[0] * g
+        weights[box] += g
+    winning = (acc / weights).amax(0).numpy()
+    assert tally.voxels.sum() == volume.size
+    for k in range(4):
+        chosen = labels == k
+        assert tally.voxels[k] == chosen.sum()
+        if chosen.any():
+            assert tally.probability[k] / tally.voxels[k] == pytest.approx(winning[chosen].mean(), abs=1e-5)
+            assert tally.uncertain[k] == (winning[chosen] < 0.5).sum()
+
+
+class Fixed(torch.nn.Module):
+    """The same class probabilities everywhere: log(0.3, 0.45, 0.25), so label 1 wins with 0.45."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = torch.log(torch.tensor([0.3, 0.45, 0.25])).view(1, 3, 1, 1, 1)
+        return logits.expand(x.shape[0], 3, *x.shape[2:])
+
+
+def test_segment_reports_each_structures_confidence_for_any_label_table():
+    """Two made-up structures (not the heart): a sure one (the threshold network: near 1) and one that
+    wins with probability 0.45 everywhere (confidence 0.45, all its voxels below 0.5)."""
+    image = oblique_ball_image()
+    _, info = segment_image(image, threshold_segmenter(), InferenceSettings(device="cpu"))
+    assert set(info["confidence"]) == {HEART_LABELS.labels[0].name}
+    assert 0.9 < info["confidence"][HEART_LABELS.labels[0].name] <= 1.0
+    table = LabelTable([LabelInfo(1, "tumour", (1.0, 0.0, 0.0)), LabelInfo(2, "cyst", (0.0, 1.0, 0.0))])
+    seg = Segmenter(Fixed(), default_metadata("segmentation", 4), table, (2.0, 2.0, 2.0), "CT", (16, 16, 16),
+                    num_classes=3, source="fixed")
+    _, info = segment_image(image, seg, InferenceSettings(device="cpu"))
+    assert info["confidence"] == {"tumour": pytest.approx(0.45, abs=1e-3)}  # "cyst" never won: no entry
+    assert info["uncertain_fraction"] == {"tumour": 1.0}
+    assert info["confidence_threshold"] == 0.7
 
 
 def test_output_has_the_exact_input_geometry_and_right_place():
@@ -192,6 +243,12 @@ def test_segment_command_writes_a_seg_nrrd_slicerio_reads(tmp_path, tiny_model, 
     assert code == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert events[0]["event"] == "start" and events[-1]["event"] == "done"
+    outputs = events[-1]["outputs"]
+    # An untrained model: whatever it labels has a confidence in [0, 1], named as the table names it.
+    assert outputs["confidence"] and set(outputs["confidence"]) <= {lab.name for lab in HEART_LABELS}
+    assert set(outputs["uncertain_fraction"]) == set(outputs["confidence"])
+    for name, value in outputs["confidence"].items():
+        assert 0.0 <= value <= 1.0 and 0.0 <= outputs["uncertain_fraction"][name] <= 1.0, name
     seg = slicerio.read_segmentation(str(out))
     names = [s["name"] for s in seg["segments"]]
     assert names == [lab.name for lab in HEART_LABELS]

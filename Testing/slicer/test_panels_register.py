@@ -9,6 +9,7 @@ Skipped, with the reason, when slicer-core is not installed (the ``mrml`` fixtur
 
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -89,6 +90,18 @@ def test_register_then_toggle_every_view_from_the_panel(panel_env, pair_files) -
 
     assert slicerglue.job_python() == sys.executable  # jobs run in this (the venv's) Python, PythonSlicer in Slicer
     assert ui.metricsLabel.text not in ("-", "no metrics"), ui.metricsLabel.text
+    # gvsl register's warnings (folding, poor similarity, modality) show under the quality line.
+    metrics = panel.widget.logic.metrics(transform)
+    assert "warnings" in metrics and ui.metricsWarningLabel.visible == bool(metrics["warnings"])
+    for warning in metrics["warnings"]:
+        assert f"Warning: {warning}" in ui.metricsWarningLabel.text
+    folded = {**metrics, "warnings": ["the field folds in 2 % of voxels; raise --smooth-weight (now 3)"]}
+    transform.SetAttribute("GVSL.Metrics", json.dumps(folded))
+    panel.widget.onResultChanged(transform)
+    assert ui.metricsWarningLabel.visible
+    assert ui.metricsWarningLabel.text == "Warning: the field folds in 2 % of voxels; raise --smooth-weight (now 3)"
+    transform.SetAttribute("GVSL.Metrics", json.dumps(metrics))
+    panel.widget.onResultChanged(transform)
     for widget in (ui.deformationOffRadioButton, ui.deformationGridRadioButton, ui.deformationGlyphRadioButton,
                    ui.deformationContourRadioButton, ui.overlayWarpedRadioButton, ui.overlayJacobianRadioButton,
                    ui.overlayCheckerboardRadioButton, ui.faderSlider):

@@ -68,6 +68,7 @@ def test_segment_heart_chambers_with_nothing_installed(panel_env, chest_files) -
     ui.progressBar.connect("valueChanged(int)", lambda value: shown.append((value, ui.progressBar.maximum)))
     ui.segmentHeartButton.click()
     assert panel.widget.runner.busy
+    job = panel.widget.runner.job
     assert ui.cancelButton.enabled and not ui.segmentHeartButton.enabled  # no second run while one is going
     _wait_idle(env, panel, "the segmentation job")
 
@@ -93,6 +94,20 @@ def test_segment_heart_chambers_with_nothing_installed(panel_env, chest_files) -
         assert mask.any(), f"{label.name} is empty"
     # The volumes the job measured are in the status line.
     assert "ml" in ui.statusLabel.text
+
+    # Each structure's confidence came with the result; those below the threshold are listed under it.
+    from GVSLLib import imaging
+
+    outputs = job.progress.outputs
+    assert set(outputs["confidence"]) == {label.name for _i, _s, label, _e in mrml_app.heart_segment_entries(segmentation, atol=0.5 / 255)}
+    for line in imaging.confidence_lines(outputs):
+        assert line in ui.plausibilityLabel.text
+    # A result the model was unsure of (the same event, one structure lower): named in the same label.
+    unsure = {**outputs, "confidence": {**outputs["confidence"], "right atrium": 0.62},
+              "uncertain_fraction": {**outputs["uncertain_fraction"], "right atrium": 0.31}}
+    panel.widget.showChecks(unsure)
+    assert ui.plausibilityLabel.visible
+    assert "right atrium: low confidence 0.62 (31 % of its voxels below 0.5)" in ui.plausibilityLabel.text.splitlines()
 
 
 def test_cancel_mid_run_leaves_the_scene_clean(panel_env, chest_files) -> None:

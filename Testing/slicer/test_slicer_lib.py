@@ -366,6 +366,27 @@ def test_metrics_and_jacobian_window(tmp_path: Path) -> None:
     assert imaging.jacobian_window(np.ones(10)) == pytest.approx((0.95, 1.05))
 
 
+def test_low_confidence_lines_match_gvslcore() -> None:
+    """The panel flags the structures gvsl segment logs, in the same words (GVSLLib cannot import gvslcore)."""
+    from gvslcore import segment
+
+    outputs = {"confidence": {"left ventricle": 0.97, "right atrium": 0.62, "cyst": 0.3},
+               "uncertain_fraction": {"left ventricle": 0.01, "right atrium": 0.31, "cyst": 0.0},
+               "confidence_threshold": 0.7}
+    lines = imaging.confidence_lines(outputs)
+    assert lines == ["right atrium: low confidence 0.62 (31 % of its voxels below 0.5)", "cyst: low confidence 0.30"]
+    assert lines == segment.low_confidence_lines(outputs["confidence"], outputs["uncertain_fraction"])
+    assert imaging.LOW_CONFIDENCE == segment.LOW_CONFIDENCE
+    assert imaging.confidence_lines({**outputs, "confidence_threshold": 0.5}) == ["cyst: low confidence 0.30"]
+    assert imaging.confidence_lines(None) == [] and imaging.confidence_lines({"confidence": None}) == []
+
+
+def test_metrics_warnings() -> None:
+    assert imaging.metrics_warnings({"warnings": ["the field folds in 2 % of voxels", ""]}) == [
+        "the field folds in 2 % of voxels"]
+    assert imaging.metrics_warnings({}) == [] and imaging.metrics_warnings({"warnings": "x"}) == []
+
+
 # -- command lines ----------------------------------------------------------------------------------
 def gvsl_parser():
     from gvslcore.cli import build_parser
