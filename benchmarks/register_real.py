@@ -17,7 +17,7 @@ optimization (the default), instance optimization alone (``--model none``), ANTs
 Jacobian determinant <= 0.
 
     python benchmarks/register_real.py [--pairs chest_cta abdomen cta_to_lidc] [--methods ff ff+io io ants]
-        [--model gvsl-pretrained-ct] [--iterations N] [--spacing MM]
+        [--model gvsl-pretrained-ct] [--iterations N [N ...]] [--spacing MM]
 """
 
 from __future__ import annotations
@@ -148,14 +148,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", nargs="+", default=["chest_cta", "abdomen", "cta_to_lidc"])
     p.add_argument("--methods", nargs="+", default=["ff", "ff+io", "io", "ants"])
     p.add_argument("--model", default="gvsl-pretrained-ct")
-    p.add_argument("--iterations", type=int, default=None, help="per level (default: gvsl register's default)")
+    p.add_argument("--iterations", type=int, nargs="+", default=None,
+                   help="per level (default: gvsl register's default); several values: a sweep, one row each")
     p.add_argument("--spacing", type=float, default=None, help="working spacing, mm (default: gvsl register's)")
     p.add_argument("--json", default=None, help="write the results here")
     args = p.parse_args(argv)
     from gvslcore.register import RegisterConfig, load_registration_model, register_images
     from gvslcore.zoo import DEFAULT_REGISTRATION_ITERATIONS
 
-    iterations = args.iterations if args.iterations is not None else DEFAULT_REGISTRATION_ITERATIONS
+    sweep = args.iterations if args.iterations is not None else [DEFAULT_REGISTRATION_ITERATIONS]
     print(f"device: {'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU only (no GPU here)'}, "
           f"{torch.get_num_threads()} threads", flush=True)
     model, meta = load_registration_model(args.model, torch.device("cpu"))
@@ -163,28 +164,31 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name, pair in pairs.items():
         rows.append({"pair": name, "method": "before", **before(pair), "seconds": 0.0})
-        for method in args.methods:
+        runs = [(m, n) for m in args.methods for n in (sweep if m in ("ff+io", "io") else [None])]
+        for method, iterations in runs:
             if method == "ants":
                 timed = ants_syn_timed(pair)
                 if timed is None:
                     continue
                 (field, seconds), stages = timed, {}
             else:
-                cfg = RegisterConfig(iterations=0 if method == "ff" else iterations, spacing=args.spacing)
+                cfg = RegisterConfig(iterations=iterations or 0, spacing=args.spacing)
                 use = None if method == "io" else model
                 t = time.monotonic()
                 result = register_images(pair["fixed"], pair["moving"], model=use, metadata=meta if use else None, cfg=cfg)
                 seconds, stages = time.monotonic() - t, result.metrics["seconds"]
                 field = result.displacement
-            row = {"pair": name, "method": {"ff": "gvsl feed-forward", "ff+io": "gvsl feed-forward + IO",
-                                            "io": "gvsl --model none (IO)", "ants": "ANTs SyN"}[method],
-                   **evaluate(field, pair), "seconds": round(seconds, 1), "stages": stages}
+            label = {"ff": "gvsl feed-forward", "ff+io": "gvsl feed-forward + IO", "io": "gvsl --model none (IO)",
+                     "ants": "ANTs SyN"}[method]
+            if iterations is not None and len(sweep) > 1:
+                label += f" {iterations}/level"
+            row = {"pair": name, "method": label, **evaluate(field, pair), "seconds": round(seconds, 1), "stages": stages}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    print(f"\n{'pair':12} {'method':26} {'error mm':>9} {'Dice':>7} {'fold %':>7} {'s':>7}")
+    print(f"\n{'pair':12} {'method':34} {'error mm':>9} {'Dice':>7} {'fold %':>7} {'s':>7}")
     for r in rows:
         err = f"{r['error_mm']:.2f}" if "error_mm" in r else "-"
-        print(f"{r['pair']:12} {r['method']:26} {err:>9} {r['dice']:7.3f} {r['folding_percent']:7.3f} {r['seconds']:7.1f}")
+        print(f"{r['pair']:12} {r['method']:34} {err:>9} {r['dice']:7.3f} {r['folding_percent']:7.3f} {r['seconds']:7.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

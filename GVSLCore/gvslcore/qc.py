@@ -37,7 +37,7 @@ def display_grid(fixed: sitk.Image, max_size: int = 192) -> sitk.Image:
 
 
 def _on(image: sitk.Image, grid: sitk.Image, default: float = 0.0) -> np.ndarray:
-    return sitk.GetArrayFromImage(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, default))
+    return sitk.GetArrayFromImage(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, default, sitk.sitkFloat32))
 
 
 def _plane(volume: np.ndarray, plane: str, centre: Sequence[int]) -> np.ndarray:
@@ -48,6 +48,70 @@ def _plane(volume: np.ndarray, plane: str, centre: Sequence[int]) -> np.ndarray:
     if plane == "coronal":
         return volume[:, j, :][::-1]  # superior up
     return volume[:, :, i][::-1]  # sagittal: superior up, anterior left
+
+
+def _window(fixed: sitk.Image) -> tuple[float, float]:
+    """Display window: the 1st and 99th percentiles of about a million of the fixed image's voxels."""
+    arr = sitk.GetArrayViewFromImage(fixed)
+    step = max(1, round((arr.size / 1e6) ** (1 / 3)))
+    lo, hi = np.percentile(arr[::step, ::step, ::step], (1, 99))
+    return float(lo), float(hi if hi > lo else lo + 1)
+
+
+def _bright_centre(fixed: sitk.Image, grid: sitk.Image, lo: float, hi: float) -> tuple[int, int, int]:
+    """(k, j, i) on ``grid`` of the centre of mass of the windowed fixed image (above 5 % of the
+    window), found on a copy 4x coarser than ``grid``; the grid's centre when nothing is bright."""
+    coarse = sitk.Image([max(1, s // 4) for s in grid.GetSize()], sitk.sitkFloat32)
+    coarse.SetSpacing([4 * grid.GetSpacing()[0]] * 3)
+    coarse.SetDirection(grid.GetDirection())
+    coarse.SetOrigin(grid.TransformContinuousIndexToPhysicalPoint([1.5] * 3))  # same extent, voxel centres inside
+    weights = np.clip((_on(fixed, coarse) - lo) / (hi - lo), 0, 1) - 0.05
+    weights = np.clip(weights, 0, None)
+    size = grid.GetSize()
+    if weights.sum() <= 0:
+        return size[2] // 2, size[1] // 2, size[0] // 2
+    kji = [float((np.indices(weights.shape)[a] * weights).sum() / weights.sum()) for a in range(3)]
+    point = coarse.TransformContinuousIndexToPhysicalPoint(kji[::-1])
+    ijk = grid.TransformPhysicalPointToContinuousIndex(point)
+    i, j, k = (min(max(round(c), 0), n - 1) for c, n in zip(ijk, size))
+    return k, j, i
+
+
+def _slab(grid: sitk.Image, plane: str, centre: Sequence[int]) -> tuple[sitk.Image, list[int]]:
+    """The one-voxel-thick part of ``grid`` holding ``plane`` through ``centre`` ((k, j, i)), and the
+    grid index (i, j, k) of its first voxel."""
+    axis = {"axial": 2, "coronal": 1, "sagittal": 0}[plane]
+    start = [0, 0, 0]
+    start[axis] = int(centre[::-1][axis])
+    size = list(grid.GetSize())
+    size[axis] = 1
+    slab = sitk.Image(size, sitk.sitkFloat32)
+    slab.SetSpacing(grid.GetSpacing())
+    slab.SetDirection(grid.GetDirection())
+    slab.SetOrigin(grid.TransformIndexToPhysicalPoint(start))
+    return slab, start
+
+
+def _on_plane(image: sitk.Image, grid: sitk.Image, plane: str, centre: Sequence[int], default: float = 0.0) -> np.ndarray:
+    """``_plane(_on(image, grid, default), plane, centre)`` without resampling the whole grid."""
+    slab, _ = _slab(grid, plane, centre)
+    # Resample's output type, not a Cast: a cast would copy the whole volume for each plane.
+    arr = sitk.GetArrayFromImage(sitk.Resample(image, slab, sitk.Transform(), sitk.sitkLinear, default, sitk.sitkFloat32))
+    return _plane(arr, plane, (0, 0, 0))
+
+
+def _mapped_on_plane(displacement: sitk.Image, grid: sitk.Image, plane: str, centre: Sequence[int]) -> np.ndarray:
+    """(3, rows, cols): where each display voxel of the plane lands under the mapping, in display
+    voxels along (i, j, k) of ``grid``."""
+    slab, start = _slab(grid, plane, centre)
+    d = sitk.GetArrayFromImage(sitk.Resample(displacement, slab, sitk.Transform(), sitk.sitkLinear, 0.0,
+                                             sitk.sitkVectorFloat64))
+    m_inv = np.linalg.inv(np.array(grid.GetDirection()).reshape(3, 3) * grid.GetSpacing()[0])
+    shift = d @ m_inv.T  # (k, j, i, 3): displacement in display voxels along (i, j, k)
+    index = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) + o for s, o in
+                                   zip(slab.GetSize()[::-1], start[::-1])], indexing="ij")[::-1], -1)
+    mapped = index + shift
+    return np.stack([_plane(mapped[..., c], plane, (0, 0, 0)) for c in range(3)])
 
 
 def _plane_axes(plane: str) -> tuple[int, int]:
@@ -91,31 +155,18 @@ def registration_qc_png(
     from matplotlib.figure import Figure
 
     grid = display_grid(fixed, max_size)
-    f_arr = _on(sitk.Cast(fixed, sitk.sitkFloat32), grid)
-    lo, hi = np.percentile(f_arr[:: max(1, f_arr.shape[0] // 32)], (1, 99))
-    hi = hi if hi > lo else lo + 1
-
-    def windowed(image: sitk.Image) -> np.ndarray:
-        arr = _on(sitk.Cast(image, sitk.sitkFloat32), grid, float(lo))
-        return np.clip((arr - lo) / (hi - lo), 0, 1)
-
-    f_w = np.clip((f_arr - lo) / (hi - lo), 0, 1)
-    before, after = windowed(moving_before), windowed(warped)
-    det = _on(sitk.Cast(jacobian, sitk.sitkFloat32), grid, 1.0)
-    d = sitk.GetArrayFromImage(sitk.Resample(sitk.Cast(displacement, sitk.sitkVectorFloat64), grid, sitk.Transform(),
-                                             sitk.sitkLinear, 0.0))
-    m_inv = np.linalg.inv(np.array(grid.GetDirection()).reshape(3, 3) * grid.GetSpacing()[0])
-    shift = d @ m_inv.T  # (k, j, i, 3): displacement in display voxels along (i, j, k)
-    index = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in grid.GetSize()[::-1]], indexing="ij")[::-1], -1)
-    mapped = index + shift  # where each display voxel's point lands, in display voxels (i, j, k)
-
-    weights = np.clip(f_w - 0.05, 0, None)
-    if weights.sum() > 0:
-        centre = [round(float((np.indices(f_w.shape)[a] * weights).sum() / weights.sum())) for a in range(3)]
-    else:
-        centre = [s // 2 for s in f_w.shape]
+    lo, hi = _window(fixed)
+    centre = _bright_centre(fixed, grid, lo, hi)
+    f_w, before, after, det, mapped = {}, {}, {}, {}, {}
+    for plane in PLANES:
+        # Only the three planes are resampled: the full display volume costs seconds on a CT.
+        f_w[plane] = np.clip((_on_plane(fixed, grid, plane, centre) - lo) / (hi - lo), 0, 1)
+        before[plane] = np.clip((_on_plane(moving_before, grid, plane, centre, lo) - lo) / (hi - lo), 0, 1)
+        after[plane] = np.clip((_on_plane(warped, grid, plane, centre, lo) - lo) / (hi - lo), 0, 1)
+        det[plane] = _on_plane(jacobian, grid, plane, centre, 1.0)
+        mapped[plane] = _mapped_on_plane(displacement, grid, plane, centre)
     sp = grid.GetSpacing()[0]
-    grid_step = max(2.0, max(f_w.shape) / 24.0)  # grid lines every ~1/24 of the field of view
+    grid_step = max(2.0, max(grid.GetSize()) / 24.0)  # grid lines every ~1/24 of the field of view
 
     fig = Figure(figsize=(16, 9.6), dpi=dpi)
     FigureCanvasAgg(fig)
@@ -125,24 +176,24 @@ def registration_qc_png(
     diff_max = 0.5
     norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=2.0)
     for row, plane in enumerate(PLANES):
-        f2 = _plane(f_w, plane, centre)
+        f2 = f_w[plane]
         rows, cols = f2.shape
         extent = (0, cols * sp, rows * sp, 0)
         show = {"extent": extent, "interpolation": "nearest"}
         ax = axes[row]
-        ax[0].imshow(_checkerboard(f2, _plane(after, plane, centre)), cmap="gray", vmin=0, vmax=1, **show)
-        ax[1].imshow(np.abs(f2 - _plane(before, plane, centre)), cmap="magma", vmin=0, vmax=diff_max, **show)
-        im_diff = ax[2].imshow(np.abs(f2 - _plane(after, plane, centre)), cmap="magma", vmin=0, vmax=diff_max, **show)
+        ax[0].imshow(_checkerboard(f2, after[plane]), cmap="gray", vmin=0, vmax=1, **show)
+        ax[1].imshow(np.abs(f2 - before[plane]), cmap="magma", vmin=0, vmax=diff_max, **show)
+        im_diff = ax[2].imshow(np.abs(f2 - after[plane]), cmap="magma", vmin=0, vmax=diff_max, **show)
         ax[3].imshow(f2, cmap="gray", vmin=0, vmax=1, **show)
         a_col, a_row = _plane_axes(plane)
         xs = (np.arange(cols) + 0.5) * sp
         ys = (np.arange(rows) + 0.5) * sp
         for comp in (a_col, a_row):
-            values = _plane(mapped[..., comp], plane, centre)
+            values = mapped[plane][comp]
             levels = np.arange(np.floor(values.min() / grid_step), np.ceil(values.max() / grid_step) + 1) * grid_step
             if len(levels) > 1:
                 ax[3].contour(xs, ys, values, levels=levels, colors="yellow", linewidths=0.6)
-        im_det = ax[4].imshow(_plane(det, plane, centre), cmap="RdBu_r", norm=norm, **show)
+        im_det = ax[4].imshow(det[plane], cmap="RdBu_r", norm=norm, **show)
         fig.colorbar(im_det, ax=ax[4], fraction=0.046, pad=0.02)
         fig.colorbar(im_diff, ax=ax[2], fraction=0.046, pad=0.02)
         for col, a in enumerate(ax):

@@ -79,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
     )
     model = None if str(args.model).lower() == "none" else args.model
+    from ..memory import keep_freed_memory
+
+    keep_freed_memory()  # this process only registers: reuse freed arrays instead of page-faulting them in again
     reporter = Reporter(progress_mode(args))
     outputs = run_register(args.fixed, args.moving, model, args.out, cfg, moving_labels=args.moving_labels,
                            qc=not args.no_qc, reporter=reporter)

@@ -92,8 +92,8 @@ class RegistrationResult:
         jacobian: determinant of the mapping's Jacobian on the fixed grid (float32).
         propagated: moving labels mapped onto the fixed grid (uint16), or None.
         metrics: NCC before/after, folding %, seconds per stage, settings.
-        moving_on_fixed: the moving image in the fixed geometry *before* registration (identity in
-            physical space), for the QC picture.
+        moving: the moving image as read, for the QC picture's "before" column (resampled there, on
+            its three planes only, through the identity in physical space).
         working: the (empty) working grid the model and the optimization ran on.
         fixed_display: the fixed image, for the QC picture.
     """
@@ -104,6 +104,6 @@ class RegistrationResult:
     jacobian: sitk.Image
     propagated: sitk.Image | None
     metrics: dict[str, Any]
-    moving_on_fixed: sitk.Image
+    moving: sitk.Image
     working: sitk.Image | None = None
     fixed_display: sitk.Image | None = None

@@ -33,7 +33,8 @@ def load_registration_model(path: str, device: torch.device) -> tuple[torch.nn.M
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, fixed_w: torch.Tensor, moving_w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def predict(model: torch.nn.Module, fixed_w: torch.Tensor, moving_w: torch.Tensor,
+            half: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Feed-forward Z-Matching on the working grid.
 
     Args:
@@ -41,14 +42,28 @@ def predict(model: torch.nn.Module, fixed_w: torch.Tensor, moving_w: torch.Tenso
 
     Returns:
         affine (3, 4) in working voxels, (z, y, x), about the grid centre; residual (1, 3, D, H, W) voxels.
+
+    With ``half``, in bf16 where the hardware has it (CUDA with bf16, or a CPU with AVX512-BF16/AMX): on the chest
+    CTA's 4 mm grid (two cores) 1.7 -> 0.85 s, the field within 0.04 voxels of float32's; it is only
+    the start that instance optimization refines in float32.
     """
     shape = fixed_w.shape[2:]
-    affine, residual, _, _ = model.match(model.unet.features(fixed_w), model.unet.features(moving_w), shape)
+    with _half_precision(fixed_w.device, half):
+        affine, residual, _, _ = model.match(model.unet.features(fixed_w), model.unet.features(moving_w), shape)
     return affine[0].float().clone(), residual.float().clone()
 
 
+def _half_precision(device: torch.device, enabled: bool = True):
+    """bf16 autocast where it is native on ``device`` (and ``enabled``), else a no-op context."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and torch.cuda.is_bf16_supported())
+    from ..segment import cpu_has_bf16
+
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled and device.type == "cpu" and cpu_has_bf16())
+
+
 def predict_coarse(model: torch.nn.Module, fixed_w: torch.Tensor, moving_w: torch.Tensor, spacing_mm: float,
-                   predict_spacing_mm: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+                   predict_spacing_mm: float | None, half: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`predict` on a copy of the working grid coarsened to ``predict_spacing_mm`` (when that is
     coarser), the mapping carried back to the working grid; same outputs as :func:`predict`.
 
@@ -58,12 +73,12 @@ def predict_coarse(model: torch.nn.Module, fixed_w: torch.Tensor, moving_w: torc
     """
     shape = tuple(fixed_w.shape[2:])
     if not predict_spacing_mm or predict_spacing_mm <= spacing_mm * 1.01:
-        return predict(model, fixed_w, moving_w)
+        return predict(model, fixed_w, moving_w, half)
     coarse = tuple(max(16, round((n - 1) * spacing_mm / predict_spacing_mm) + 1) for n in shape)
     if coarse == shape:
-        return predict(model, fixed_w, moving_w)
+        return predict(model, fixed_w, moving_w, half)
     affine_c, residual_c = predict(model, F.interpolate(fixed_w, size=coarse, mode="area"),
-                                   F.interpolate(moving_w, size=coarse, mode="area"))
+                                   F.interpolate(moving_w, size=coarse, mode="area"), half)
     r = torch.tensor([(n - 1) / (c - 1) for n, c in zip(shape, coarse)], device=affine_c.device)
     affine = torch.cat([affine_c[:, :3] * r.view(3, 1) / r.view(1, 3), (affine_c[:, 3] * r).view(3, 1)], dim=1)
     residual = F.interpolate(residual_c, size=shape, mode="trilinear", align_corners=True) * r.view(1, 3, 1, 1, 1)

@@ -171,8 +171,50 @@ def _level_images(
     return _resize(_gaussian_blur(fixed_w, sigmas), lshape), _resize(_gaussian_blur(moving_w, sigmas), lshape)
 
 
+class Adam:
+    """torch.optim.Adam's update (its default betas and eps, no weight decay, no amsgrad), the same
+    arithmetic in the same order, for the few tensors of one registration.
+
+    Why not torch.optim.Adam: its first use in a process imports torch._dynamo (about 1 s on a CPU,
+    a tenth of a whole `gvsl register`). Testing/core/test_register.py checks that the steps are
+    torch.optim.Adam's.
+
+    Args:
+        groups: ``[{"params": [tensor, ...], "lr": float}, ...]`` as for torch.optim.
+    """
+
+    def __init__(self, groups: Sequence[dict], betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.groups = [(list(g["params"]), float(g["lr"])) for g in groups]
+        self.betas = betas
+        self.eps = eps
+        self.state: dict[int, tuple[torch.Tensor, torch.Tensor, list[int]]] = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:  # noqa: ARG002 - torch.optim's signature
+        for params, _ in self.groups:
+            for p in params:
+                p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        beta1, beta2 = self.betas
+        for params, lr in self.groups:
+            for p in params:
+                if p.grad is None:
+                    continue
+                if id(p) not in self.state:
+                    self.state[id(p)] = (torch.zeros_like(p), torch.zeros_like(p), [0])
+                exp_avg, exp_avg_sq, step = self.state[id(p)]
+                step[0] += 1
+                grad = p.grad
+                exp_avg.lerp_(grad, 1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                bias_correction2_sqrt = math.sqrt(1 - beta2 ** step[0])
+                denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+                p.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1 ** step[0]))
+
+
 def _descend(
-    optimizer: torch.optim.Optimizer,
+    optimizer: Adam,
     fixed_stats: FixedStatistics,
     moving_l: torch.Tensor,
     grid: torch.Tensor,
@@ -224,7 +266,7 @@ def _optimize_level(
         params = [{"params": [a_param, t_param], "lr": cfg.lr_affine}]
         if phase == "joint":
             params.append({"params": [v_param], "lr": cfg.lr})
-        optimizer = torch.optim.Adam(params)
+        optimizer = Adam(params)
         for _ in range(cfg.iterations):
             ncc, smooth = _descend(optimizer, fixed_stats, moving_l, grid, a_param, t_param, v_param, h_l, spacing_l, cfg)
             progress.advance(level, ncc, smooth)
