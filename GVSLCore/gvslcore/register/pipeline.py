@@ -320,12 +320,14 @@ def _quality_warnings(metrics: dict[str, Any], cfg: RegisterConfig) -> list[str]
         start = max(starts) if starts else None
         if after < POOR_NCC:
             found.append(f"the images correlate poorly after registration (NCC {after:.2f}, below {POOR_NCC:g}): "
-                         "check that both show the same body region and modality, and look at qc.png")
+                         "check that both show the same body region and modality, and look at the checkerboard "
+                         "(qc.png, or GVSL Register's overlay)")
         elif start is not None and after < start - NCC_DROP:
             advice = ("try a higher --smooth-weight or fewer --iterations" if cfg.iterations > 0 else
                       "add --iterations N (instance optimization starts from the better of prediction and none)")
             found.append(f"registration lowered the similarity (NCC {start:.2f} at the start, {after:.2f} after): "
-                         f"the result may be worse than none; look at qc.png, {advice}")
+                         f"the result may be worse than none; compare the checkerboard (qc.png, or GVSL Register's "
+                         f"overlay), {advice}")
     for w in found:
         log(f"warning: {w}")
     metrics.setdefault("warnings", []).extend(found)
