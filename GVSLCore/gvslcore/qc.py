@@ -37,6 +37,7 @@ def display_grid(fixed: sitk.Image, max_size: int = 192) -> sitk.Image:
 
 
 def _on(image: sitk.Image, grid: sitk.Image, default: float = 0.0) -> np.ndarray:
+    # float32 through Resample's output type, not a Cast: a cast copies the whole input volume.
     return sitk.GetArrayFromImage(sitk.Resample(image, grid, sitk.Transform(), sitk.sitkLinear, default, sitk.sitkFloat32))
 
 
@@ -95,9 +96,7 @@ def _slab(grid: sitk.Image, plane: str, centre: Sequence[int]) -> tuple[sitk.Ima
 def _on_plane(image: sitk.Image, grid: sitk.Image, plane: str, centre: Sequence[int], default: float = 0.0) -> np.ndarray:
     """``_plane(_on(image, grid, default), plane, centre)`` without resampling the whole grid."""
     slab, _ = _slab(grid, plane, centre)
-    # Resample's output type, not a Cast: a cast would copy the whole volume for each plane.
-    arr = sitk.GetArrayFromImage(sitk.Resample(image, slab, sitk.Transform(), sitk.sitkLinear, default, sitk.sitkFloat32))
-    return _plane(arr, plane, (0, 0, 0))
+    return _plane(_on(image, slab, default), plane, (0, 0, 0))
 
 
 def _mapped_on_plane(displacement: sitk.Image, grid: sitk.Image, plane: str, centre: Sequence[int]) -> np.ndarray:
