@@ -14,11 +14,14 @@ count) and a finished stage is not trained again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -30,6 +33,7 @@ import torch
 from . import __version__
 from .atomic import ensure_writable_dir
 from .bundle import default_metadata, save_model
+from .engine import EXIT_CODES
 from .errors import InputError
 from .events import log
 from .heartrecipe import MODEL_ID, VERSION, HeartRecipe, StageRecipe
@@ -65,11 +69,40 @@ def build_bank(folder: Path, recipe: HeartRecipe, reporter=None) -> list[Path]:
     t0 = time.monotonic()
     if jobs:
         ctx = multiprocessing.get_context("spawn")  # fresh interpreters: no torch threads or locks inherited
-        with ctx.Pool(max(1, recipe.bank_workers)) as pool:
+        with _stop_on_signals(), ctx.Pool(max(1, recipe.bank_workers)) as pool:
             for done, _ in enumerate(pool.imap_unordered(_render_one, jobs), start=1):
                 if done % 10 == 0 or done == len(jobs):
                     log(f"bank: {done}/{len(jobs)} chests rendered ({(time.monotonic() - t0) / done:.1f} s each)")
     return paths
+
+
+class BankStopped(Exception):
+    """SIGINT or SIGTERM while the bank renders (``signum``); finished cases stay, --resume renders the rest."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """Turn SIGINT/SIGTERM into :class:`BankStopped` while the pool renders, so that leaving the pool's
+    ``with`` terminates its workers (SIGTERM's default would end this process alone and leave them
+    rendering). A process started with SIGINT ignored (``nohup ... &``) keeps ignoring it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise BankStopped(signum)
+
+    handled = [sig for sig in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(sig) is not signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, stop) for sig in handled}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def load_bank(paths: list[Path]):
@@ -191,7 +224,12 @@ def run_build(recipe: HeartRecipe, out: str | os.PathLike, run_dir: str | os.Pat
         backbone, pretrained_info = _pretrained_backbone(recipe.fine.pretrained)
     ensure_writable_dir(run_dir)
     write_json(run_dir / "recipe.json", asdict(recipe))
-    paths = build_bank(run_dir / "bank", recipe)
+    try:
+        paths = build_bank(run_dir / "bank", recipe)
+    except BankStopped as stopped:
+        done = sum(1 for _ in (run_dir / "bank").glob("chest_*.nii.gz"))
+        log(f"bank: stopped with {done}/{recipe.cases} chests rendered; --resume renders the rest")
+        return EXIT_CODES.get(signal.Signals(stopped.signum), 130)
     bank = load_bank(paths)
     results: dict[str, Any] = {}
     for name, stage, start in (("locator", recipe.locator, None), ("fine", recipe.fine, backbone)):

@@ -5,8 +5,8 @@ five columns: a checkerboard of fixed and warped, the difference to the fixed im
 registration (same colour scale), the deformed grid drawn over the fixed image, and the Jacobian
 determinant of the mapping with a colour bar (<= 0 is folding). Everything is resampled onto an
 isotropic display grid in LPS axes, so the aspect ratio is physical and the planes are radiological
-(axial seen from the feet, patient's right on the left; anterior up). matplotlib's Agg canvas, no
-display needed.
+(axial seen from the feet, patient's right on the left; anterior up). The panels are composed as
+pixels; matplotlib's Agg canvas (no display needed) adds only the text.
 """
 
 from __future__ import annotations
@@ -126,6 +126,40 @@ def _checkerboard(a: np.ndarray, b: np.ndarray, tiles: int = 8) -> np.ndarray:
     return np.where((r + c) % 2 == 0, a, b)
 
 
+def _grid_lines(values: np.ndarray, scale: int, step: float) -> np.ndarray:
+    """Boolean (rows * scale, cols * scale): pixels where the mapped coordinate ``values`` (display
+    voxels) crosses a multiple of ``step``; the coordinate is interpolated linearly onto the finer
+    pixels, so the lines are one pixel wide at the picture's resolution."""
+    from scipy.ndimage import zoom
+
+    fine = zoom(values, scale, order=1, mode="nearest", grid_mode=True) if scale > 1 else values
+    cell = np.floor(fine / step)
+    lines = np.zeros(fine.shape, dtype=bool)
+    lines[:, 1:] |= cell[:, 1:] != cell[:, :-1]
+    lines[1:, :] |= cell[1:, :] != cell[:-1, :]
+    return lines
+
+
+def _coloured(values: np.ndarray, cmap: str, vmin: float, vmax: float) -> np.ndarray:
+    from matplotlib import colormaps
+
+    return colormaps[cmap](np.clip((values - vmin) / (vmax - vmin), 0, 1))[..., :3]
+
+
+def _upsampled(rgb: np.ndarray, scale: int) -> np.ndarray:
+    return np.repeat(np.repeat(rgb, scale, 0), scale, 1)
+
+
+def _colour_bar(cmap: str, height: int, width: int) -> np.ndarray:
+    return _coloured(np.repeat(np.linspace(1, 0, height)[:, None], width, 1), cmap, 0.0, 1.0)
+
+
+COLUMNS = ("checkerboard fixed / warped", "|fixed - moving| before", "|fixed - warped| after",
+           "deformed grid on fixed", "Jacobian determinant")
+DIFF_MAX = 0.5  # of the display window: the difference columns' colour scale
+JACOBIAN_RANGE = (0.0, 2.0)  # centred on 1 (no volume change); <= 0 is folding
+
+
 def registration_qc_png(
     fixed: sitk.Image,
     moving_before: sitk.Image,
@@ -138,9 +172,13 @@ def registration_qc_png(
     folding_percent: float | None = None,
     title: str | None = None,
     max_size: int = 192,
-    dpi: int = 100,
+    panel_px: int = 300,
 ) -> Path:
     """Write the QC picture (PNG, atomically).
+
+    The fifteen panels are composed as pixels (each display voxel ``panel_px / max(plane size)``
+    pixels wide) and placed on the canvas unresampled; matplotlib draws only the text. Axes,
+    ticks and layout passes cost more than everything else together.
 
     Args:
         fixed: the fixed image; ``moving_before`` the moving image on the fixed grid without
@@ -148,61 +186,82 @@ def registration_qc_png(
         displacement: the ITK displacement field of the mapping (LPS mm, any grid).
         jacobian: its Jacobian determinant.
         ncc: {'before': .., 'after': ..} for the title; ``folding_percent`` likewise.
+        max_size: display grid voxels along the longest axis; ``panel_px`` pixels of a panel's
+            longest side.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.colors import TwoSlopeNorm
     from matplotlib.figure import Figure
+    from PIL import Image  # matplotlib's own PNG writer
 
     grid = display_grid(fixed, max_size)
     lo, hi = _window(fixed)
     centre = _bright_centre(fixed, grid, lo, hi)
-    f_w, before, after, det, mapped = {}, {}, {}, {}, {}
+    size = grid.GetSize()
+    scale = max(1, round(panel_px / max(size)))
+    grid_step = max(2.0, max(size) / 24.0)  # grid lines every ~1/24 of the field of view
+    panels = []
     for plane in PLANES:
         # Only the three planes are resampled: the full display volume costs seconds on a CT.
-        f_w[plane] = np.clip((_on_plane(fixed, grid, plane, centre) - lo) / (hi - lo), 0, 1)
-        before[plane] = np.clip((_on_plane(moving_before, grid, plane, centre, lo) - lo) / (hi - lo), 0, 1)
-        after[plane] = np.clip((_on_plane(warped, grid, plane, centre, lo) - lo) / (hi - lo), 0, 1)
-        det[plane] = _on_plane(jacobian, grid, plane, centre, 1.0)
-        mapped[plane] = _mapped_on_plane(displacement, grid, plane, centre)
-    sp = grid.GetSpacing()[0]
-    grid_step = max(2.0, max(grid.GetSize()) / 24.0)  # grid lines every ~1/24 of the field of view
+        f2 = np.clip((_on_plane(fixed, grid, plane, centre) - lo) / (hi - lo), 0, 1)
+        before = np.clip((_on_plane(moving_before, grid, plane, centre, lo) - lo) / (hi - lo), 0, 1)
+        after = np.clip((_on_plane(warped, grid, plane, centre, lo) - lo) / (hi - lo), 0, 1)
+        det = _on_plane(jacobian, grid, plane, centre, 1.0)
+        mapped = _mapped_on_plane(displacement, grid, plane, centre)
+        gray = np.repeat(f2[..., None], 3, -1)
+        deformed = _upsampled(gray, scale)
+        lines = np.zeros(deformed.shape[:2], dtype=bool)
+        for comp in _plane_axes(plane):
+            lines |= _grid_lines(mapped[comp], scale, grid_step)
+        deformed[lines] = (1.0, 0.9, 0.0)
+        panels.append([
+            _upsampled(np.repeat(_checkerboard(f2, after)[..., None], 3, -1), scale),
+            _upsampled(_coloured(np.abs(f2 - before), "magma", 0.0, DIFF_MAX), scale),
+            _upsampled(_coloured(np.abs(f2 - after), "magma", 0.0, DIFF_MAX), scale),
+            deformed,
+            _upsampled(_coloured(det, "RdBu_r", *JACOBIAN_RANGE), scale),
+        ])
 
-    fig = Figure(figsize=(16, 9.6), dpi=dpi)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(3, 5)
-    columns = ("checkerboard fixed / warped", "|fixed - moving| before", "|fixed - warped| after",
-               "deformed grid on fixed", "Jacobian determinant")
-    diff_max = 0.5
-    norm = TwoSlopeNorm(vmin=0.0, vcenter=1.0, vmax=2.0)
+    row_h = [cells[0].shape[0] for cells in panels]  # each row as tall as its plane: no empty bands
+    cell_w = max(cells[0].shape[1] for cells in panels)
+    gap, bar_w, bar_gap, tick_w = 8, 14, 6, 34
+    left, top, bottom, right = 28, 64, 10, 10
+    xs, x = [], left
+    for col in range(5):
+        xs.append(x)
+        x += cell_w + gap
+        if col in (2, 4):  # the colour bars of the difference and the Jacobian columns
+            x += bar_gap + bar_w + tick_w - gap // 2
+    width = x - gap + right
+    ys = [top + sum(row_h[:row]) + row * gap for row in range(3)]
+    height = ys[-1] + row_h[-1] + bottom
+    canvas = np.ones((height, width, 3), dtype=np.float32)
+    for row, cells in enumerate(panels):
+        y, cell_h = ys[row], row_h[row]
+        for col, rgb in enumerate(cells):
+            w = rgb.shape[1]
+            x0 = xs[col] + (cell_w - w) // 2  # centred in its column: the sagittal plane is narrower
+            canvas[y:y + cell_h, x0:x0 + w] = rgb
+        for col, cmap in ((2, "magma"), (4, "RdBu_r")):
+            bx = xs[col] + cell_w + bar_gap
+            canvas[y:y + cell_h, bx:bx + bar_w] = _colour_bar(cmap, cell_h, bar_w)
+
+    dpi = 100
+    fig = Figure(figsize=(width / dpi, height / dpi), dpi=dpi)
+    agg = FigureCanvasAgg(fig)
+
+    def text(px: float, py: float, s: str, **kw) -> None:
+        fig.text(px / width, 1 - py / height, s, **kw)
+
+    for col, name in enumerate(COLUMNS):
+        text(xs[col] + cell_w / 2, top - 6, name, ha="center", va="bottom", fontsize=10)
     for row, plane in enumerate(PLANES):
-        f2 = f_w[plane]
-        rows, cols = f2.shape
-        extent = (0, cols * sp, rows * sp, 0)
-        show = {"extent": extent, "interpolation": "nearest"}
-        ax = axes[row]
-        ax[0].imshow(_checkerboard(f2, after[plane]), cmap="gray", vmin=0, vmax=1, **show)
-        ax[1].imshow(np.abs(f2 - before[plane]), cmap="magma", vmin=0, vmax=diff_max, **show)
-        im_diff = ax[2].imshow(np.abs(f2 - after[plane]), cmap="magma", vmin=0, vmax=diff_max, **show)
-        ax[3].imshow(f2, cmap="gray", vmin=0, vmax=1, **show)
-        a_col, a_row = _plane_axes(plane)
-        xs = (np.arange(cols) + 0.5) * sp
-        ys = (np.arange(rows) + 0.5) * sp
-        for comp in (a_col, a_row):
-            values = mapped[plane][comp]
-            levels = np.arange(np.floor(values.min() / grid_step), np.ceil(values.max() / grid_step) + 1) * grid_step
-            if len(levels) > 1:
-                ax[3].contour(xs, ys, values, levels=levels, colors="yellow", linewidths=0.6)
-        im_det = ax[4].imshow(det[plane], cmap="RdBu_r", norm=norm, **show)
-        fig.colorbar(im_det, ax=ax[4], fraction=0.046, pad=0.02)
-        fig.colorbar(im_diff, ax=ax[2], fraction=0.046, pad=0.02)
-        for col, a in enumerate(ax):
-            a.set_xticks([])
-            a.set_yticks([])
-            a.set_xlim(0, cols * sp)
-            a.set_ylim(rows * sp, 0)
-            if row == 0:
-                a.set_title(columns[col], fontsize=10)
-        ax[0].set_ylabel(plane, fontsize=11)
+        y, cell_h = ys[row], row_h[row]
+        text(left / 2, y + cell_h / 2, plane, ha="center", va="center", rotation=90, fontsize=11)
+        for col, (vmin, vmax) in ((2, (0.0, DIFF_MAX)), (4, JACOBIAN_RANGE)):
+            bx = xs[col] + cell_w + bar_gap + bar_w + 3
+            for frac in (0.0, 0.5, 1.0):
+                text(bx, y + (1 - frac) * (cell_h - 1), f"{vmin + frac * (vmax - vmin):g}", ha="left",
+                     va="center", fontsize=8)
     parts = [title] if title else []
     if ncc:
         b, a = ncc.get("before"), ncc.get("after")
@@ -211,9 +270,13 @@ def registration_qc_png(
     if folding_percent is not None:
         parts.append(f"folding {folding_percent:.3f} %")
     if parts:
-        fig.suptitle("   |   ".join(parts), fontsize=12)
-    fig.tight_layout()
+        text(width / 2, 8, "   |   ".join(parts), ha="center", va="top", fontsize=12)
+    agg.draw()
+    picture = np.asarray(agg.buffer_rgba())[:height, :width, :3].copy()
+    # The text is drawn on white, the panels are pasted over it pixel for pixel (figimage would resample).
+    panel = canvas < 1.0
+    picture[panel.any(-1)] = (canvas[panel.any(-1)] * 255).astype(np.uint8)
     path = Path(path)
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+        Image.fromarray(picture).save(tmp, format="png", compress_level=3)
     return path

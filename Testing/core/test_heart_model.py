@@ -118,3 +118,49 @@ def test_models_build_runs_end_to_end_and_resumes(tmp_path):
     image.SetSpacing((4.0, 4.0, 5.0))
     labels, _ = segment_image(image, load_segmenter(out), InferenceSettings(device="cpu"), check_modality=False)
     assert labels.GetSize() == image.GetSize()
+
+
+def _children(pid: int) -> list[int]:
+    """Process ids whose parent is ``pid`` (from /proc)."""
+    from pathlib import Path
+
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc"), reason="reads the process table from /proc (Linux)")
+def test_sigterm_while_the_bank_renders_stops_its_workers_and_resumes(tmp_path):
+    """`kill` of a build during the bank: exit 143, no rendering worker left behind, only whole cases
+    (the resume that reuses them is tested above)."""
+    import os
+    import signal
+    import time
+
+    from gvslproc import start_gvsl
+
+    out, run = tmp_path / "heart.safetensors", tmp_path / "run"
+    args = ["models", "build", "gvsl-heart-ct", str(out), "--run", str(run), "--cases", "12", "--val-cases", "1",
+            "--bank-spacing", "3", "--bank-workers", "2", "--pretrained", "none", "--device", "cpu", "--progress", "none"]
+    child = start_gvsl(args)
+    deadline = time.monotonic() + 120
+    workers: list[int] = []
+    while time.monotonic() < deadline and len(workers) < 2:  # the pool's two workers (and its resource tracker)
+        workers = [p for p in _children(child.pid) if "spawn_main" in open(f"/proc/{p}/cmdline").read()]
+        time.sleep(0.2)
+    assert len(workers) == 2, "the bank's workers did not start"
+    time.sleep(1.0)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 143, err
+    assert "--resume renders the rest" in err
+    time.sleep(0.5)
+    assert not [p for p in workers if os.path.exists(f"/proc/{p}")], "rendering workers outlived the build"
+    names = sorted(p.name for p in (run / "bank").iterdir())
+    assert len(names) < 12 and all(n.startswith("chest_") and n.endswith(".nii.gz") for n in names), names

@@ -63,3 +63,26 @@ def test_centre_is_on_the_bright_blob(images):
     exact = [(np.indices(full.shape)[a] * weights).sum() / weights.sum() for a in range(3)]
     centre = qc._bright_centre(fixed, grid, lo, hi)
     assert all(abs(c - e) <= 1.5 for c, e in zip(centre, exact)), (centre, exact)
+
+
+def test_grid_lines_fall_on_multiples_of_the_step():
+    """An identity mapping upsampled 2x: the mapped column coordinate of fine pixel c is
+    (c + 0.5) / 2 - 0.5, so it crosses 4, 8, ... at pixels 9, 17, ... and rows carry no line."""
+    columns = np.tile(np.arange(20, dtype=np.float64), (6, 1))
+    lines = qc._grid_lines(columns, scale=2, step=4.0)
+    assert lines.shape == (12, 40)
+    assert np.flatnonzero(lines[5]).tolist() == [9, 17, 25, 33]
+    assert (lines == lines[0]).all()  # the same vertical lines on every row
+
+
+def test_picture_is_written(images, tmp_path):
+    fixed, field = images
+    jacobian = sitk.DisplacementFieldJacobianDeterminant(sitk.Cast(field, sitk.sitkVectorFloat64))
+    path = qc.registration_qc_png(fixed, fixed, fixed, field, jacobian, tmp_path / "qc.png", title="t",
+                                  ncc={"before": 0.5, "after": 0.9}, folding_percent=0.0, max_size=64)
+    from PIL import Image
+
+    picture = np.asarray(Image.open(path))
+    assert picture.ndim == 3 and picture.shape[1] > 5 * 64 * 2  # five panels, each voxel drawn 2+ px wide
+    assert len(np.unique(picture.reshape(-1, picture.shape[-1]), axis=0)) > 100  # panels, not a blank page
+    assert not list(tmp_path.glob(".*")), "temporary file left behind"
