@@ -110,7 +110,8 @@ def print_table(results: list[dict]) -> None:
     print(f"{'':44}" + "".join(f"{n:>12}" for n in names))
     keys = ["whole-heart Dice (chambers + PA)", "whole-heart Dice", "whole-heart Dice (all 7 labels)", "reference ml",
             "union of chambers ml", "labelled voxels in lung or chest wall (%)", "myocardium around LV",
-            "myocardium voxels above 250 HU (%)", "superior vena cava labelled aorta (%)", "appendage labelled LA (%)",
+            "labelled voxels between the lungs (%)", "myocardium voxels above 250 HU (%)",
+            "superior vena cava labelled aorta (%)", "appendage labelled LA (%)",
             "pulmonary veins reaching the LA label", "ascending aorta covered by the AO label (%)",
             "AO label inside the aorta (precision %)"]
     for k in keys:

@@ -9,7 +9,8 @@ What a cardiologist checks at a glance, measured in physical space (LPS mm: +x p
   the pulmonary trunk, the myocardium wrapping the LV blood pool;
 - the vessels hold contrast (mean HU of the AO and PA labels above that of the myocardium) when the
   scan is contrast-enhanced;
-- nothing outside the mediastinum: no label voxel in aerated lung or in the chest wall;
+- nothing outside the mediastinum: no label voxel in aerated lung or in the chest wall, and the labels
+  between the lungs (air on both sides in their axial slice), not below the diaphragm;
 - against a whole-heart mask when one exists: Dice of the union of the five chamber labels, and of
   the chambers with the pulmonary artery (TotalSegmentator's 'heart' includes the pulmonary trunk);
 - on contrast CTs, the myocardium is not contrast blood (<= 12 % of its voxels above 250 HU, 70-200 ml);
@@ -126,9 +127,13 @@ def check_heart(labels: sitk.Image, ct: sitk.Image, reference: sitk.Image | None
         rep.values["myocardium voxels above 250 HU (%)"] = round(100.0 * bright, 1)
         rep.checks["myocardium not contrast blood (<= 12 % above 250 HU)"] = bright <= 0.12
         rep.checks["myocardium 70-200 ml (contrast CT)"] = 70.0 <= rep.volumes_ml[_name(MYO)] <= 200.0
-    outside = _outside_mediastinum(lab > 0, hu, ct.GetSpacing())
+    smooth = ndimage.median_filter(hu, size=3)
+    outside = _outside_mediastinum(lab > 0, smooth, ct.GetSpacing())
     rep.values["labelled voxels in lung or chest wall (%)"] = round(100.0 * outside, 2)
     rep.checks["no labels in lung or chest wall (< 1 %)"] = outside < 0.01
+    between = _between_lungs(lab > 0, smooth)
+    rep.values["labelled voxels between the lungs (%)"] = round(100.0 * between, 1)
+    rep.checks["labels between the lungs (>= 80 %)"] = between >= 0.8
     if reference is not None:
         ref = sitk.GetArrayViewFromImage(reference) > 0
         union = np.isin(lab, CHAMBERS)
@@ -149,12 +154,11 @@ def _wrapping(blood: np.ndarray, myo: np.ndarray) -> float:
     return float(myo[shell].sum() / max(1, shell.sum()))
 
 
-def _outside_mediastinum(labelled: np.ndarray, hu: np.ndarray, spacing) -> float:
-    """Fraction of labelled voxels in aerated lung (HU < -500 after a 3 mm median) or within 15 mm
-    of the skin (the chest wall)."""
+def _outside_mediastinum(labelled: np.ndarray, smooth: np.ndarray, spacing) -> float:
+    """Fraction of labelled voxels in aerated lung (HU < -500 in ``smooth``, the CT after a 3-voxel
+    median) or within 15 mm of the skin (the chest wall)."""
     if not labelled.any():
         return 0.0
-    smooth = ndimage.median_filter(hu, size=3)
     lung = smooth < -500.0
     sy, sx = float(spacing[1]), float(spacing[0])
     bad = labelled & lung
@@ -164,6 +168,26 @@ def _outside_mediastinum(labelled: np.ndarray, hu: np.ndarray, spacing) -> float
         depth = ndimage.distance_transform_edt(body, sampling=(sy, sx))
         bad[z] |= labelled[z] & (depth < 15.0)
     return float(bad.sum() / labelled.sum())
+
+
+def _between_lungs(labelled: np.ndarray, smooth: np.ndarray, min_voxels: int = 20) -> float:
+    """Fraction of labelled voxels whose axial slice holds air inside the body on both sides of them
+    (to their left and to their right along the array's x axis, at least ``min_voxels`` each).
+
+    The heart lies between the lungs: a label map that found the heart in the liver or the abdomen
+    (a non-contrast scan, where both are soft tissue) passes every other check, but below the
+    diaphragm one side at least has no air."""
+    if not labelled.any():
+        return 0.0
+    good = 0
+    for z in np.flatnonzero(labelled.any(axis=(1, 2))):
+        body = ndimage.binary_fill_holes(smooth[z] > -300.0)
+        air_by_column = (body & (smooth[z] < -500.0)).sum(axis=0)  # (x,)
+        left_of = np.cumsum(air_by_column)  # air at columns <= x
+        right_of = left_of[-1] - left_of  # air at columns > x
+        ok = (left_of >= min_voxels) & (right_of >= min_voxels)
+        good += int(labelled[z][:, ok].sum())
+    return good / float(labelled.sum())
 
 
 # -- against named reference structures (e.g. a TotalSegmentator map) ---------------------------------
@@ -295,7 +319,8 @@ def plausibility(labels: sitk.Image, ct: sitk.Image) -> dict[str, Any]:
     # The measurement behind a failed check, by the check's first words.
     value_of = {"no labels in lung or chest wall": "labelled voxels in lung or chest wall (%)",
                 "myocardium not contrast blood": "myocardium voxels above 250 HU (%)",
-                "myocardium wraps": "myocardium around LV"}
+                "myocardium wraps": "myocardium around LV",
+                "labels between the lungs": "labelled voxels between the lungs (%)"}
     warnings = []
     for check in rep.failed():
         detail = next((f"{rep.volumes_ml[lab.name]:g} ml" for lab in HEART_LABELS

@@ -77,6 +77,25 @@ def test_a_mirrored_heart_fails_the_layout_naming_both_ventricles(chest):
     assert "right atrium" in layout["RA the rightmost chamber"]
 
 
+def test_a_heart_found_below_the_diaphragm_is_named(chest):
+    """A label map moved down into the upper abdomen (what v2 drew on a non-contrast CT: the heart in
+    the liver) keeps its shape, volumes and layout; only the between-the-lungs check can see it."""
+    labels, ct = chest
+    array = sitk.GetArrayFromImage(labels)
+    heart_z = np.flatnonzero(np.isin(array, (1, 2, 3, 4, 5)).any(axis=(1, 2)))
+    shift = int(heart_z.max() - heart_z.min() + 1)  # the whole heart below where it was
+    assert heart_z.min() - shift >= 0, "the synthetic chest is too short for this test"
+    moved = np.zeros_like(array)
+    moved[:-shift] = array[shift:]  # array z runs foot -> head (LPS, identity direction)
+    low = sitk.GetImageFromArray(moved)
+    low.CopyInformation(labels)
+    assert plausibility(labels, ct)["values"]["labelled voxels between the lungs (%)"] >= 80.0
+    result = plausibility(low, ct)
+    failed = {w["check"]: w["detail"] for w in result["warnings"]}
+    assert "labels between the lungs (>= 80 %)" in failed, warning_lines(result)
+    assert failed["labels between the lungs (>= 80 %)"].startswith("labelled voxels between the lungs (%): ")
+
+
 def test_gvsl_segment_reports_its_checks_in_the_done_event_and_a_sidecar(tmp_path, chest, capsys):
     _, ct = chest
     scan = tmp_path / "chest.nii.gz"
