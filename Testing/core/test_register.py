@@ -317,10 +317,22 @@ class _LinearMatcher(torch.nn.Module):
         self.unet.features = lambda x: x
         self.seen: list[tuple[int, ...]] = []
 
-    def match(self, f, m, shape):
-        self.seen.append(tuple(shape))
+    def _affine(self, shape, inverse: bool = False) -> torch.Tensor:
         half = torch.tensor([(n - 1) / 2.0 for n in shape])
         affine = torch.cat([self.affine_n[:, :3] * half.view(3, 1) / half.view(1, 3), (self.affine_n[:, 3] * half).view(3, 1)], 1)
+        if inverse:
+            affine = torch.linalg.inv(torch.cat([affine, torch.tensor([[0.0, 0, 0, 1]])]))[:3]
+        return affine
+
+    def affine_of(self, f, m, shape):
+        # The head run both ways: the first call of a pair is fixed -> moving, the second its inverse.
+        self.calls = getattr(self, "calls", 0) + 1
+        return self._affine(shape, inverse=self.calls % 2 == 0)[None], None
+
+    def match(self, f, m, shape, affine=None):
+        self.seen.append(tuple(shape))
+        affine = self._affine(shape) if affine is None else affine[0]
+        half = torch.tensor([(n - 1) / 2.0 for n in shape])
         axes = [torch.linspace(-1.0, 1.0, n) for n in shape]
         grid = torch.stack(torch.meshgrid(*axes, indexing="ij"))  # (3, D, H, W) normalized
         residual = torch.einsum("ij,jdhw->idhw", self.gradient_n, grid) * half.view(3, 1, 1, 1)
@@ -528,3 +540,23 @@ def test_registration_adam_takes_torch_optim_adams_steps():
     for ours, theirs in zip(runs[1], runs[0]):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
     assert not torch.equal(runs[1][0], start[0])
+
+
+def test_the_inverse_consistent_affine_cancels_a_bias_of_the_head():
+    """A head that gives T o E one way and T^-1 o E the other (E its own error, here a 10 % shrink
+    along z and a shift, as the shipped model showed on identical images) yields T; identical images
+    yield the identity."""
+    from gvslcore.register.feedforward import inverse_consistent_affine
+
+    def hom(a):
+        return torch.cat([a, torch.tensor([[0.0, 0, 0, 1]], dtype=a.dtype)])
+
+    rng = np.random.default_rng(5)
+    true = torch.cat([torch.eye(3, dtype=torch.float64) + torch.tensor(rng.normal(0, 0.04, (3, 3))),
+                      torch.tensor(rng.normal(0, 2.0, (3, 1)))], 1)
+    error = torch.tensor([[0.9, 0.0, 0.0, -2.8], [0.0, 0.96, 0.0, -1.2], [0.0, 0.0, 0.97, -0.6]], dtype=torch.float64)
+    forward = (hom(true) @ hom(error))[:3]
+    backward = (torch.linalg.inv(hom(true)) @ hom(error))[:3]
+    assert (forward - true).abs().max() > 0.09
+    assert torch.allclose(inverse_consistent_affine(forward, backward), true, atol=1e-9)
+    assert torch.allclose(inverse_consistent_affine(error, error), torch.eye(4, dtype=torch.float64)[:3], atol=1e-12)

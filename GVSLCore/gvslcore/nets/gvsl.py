@@ -207,12 +207,20 @@ class GVSLNet(nn.Module):
     def deformable(self, local_moving_affine: torch.Tensor, local_fixed: torch.Tensor) -> torch.Tensor:
         return self.out_flow(self.sp_conv(torch.cat([local_moving_affine, local_fixed], dim=1)))
 
-    def match(self, fixed: Features, moving: Features, shape):
-        """Z-Matching from the backbone's features of both images (``UNet3D.features``): returns
-        (affine, residual, fused displacement, parameters)."""
-        local_fixed, local_moving = fixed.local, moving.local
+    def affine_of(self, fixed: Features, moving: Features, shape) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The affine head alone on the backbone's features: (B, 3, 4) (voxels, (z, y, x), about the
+        centre of the grid of (D, H, W) ``shape``) and its parameters."""
         params = self.affine_parameters(moving.bottleneck, fixed.bottleneck, moving.pose, fixed.pose, shape)
-        affine = affine_matrix_from_parameters(params["rotation"], params["scale"], params["translation"], params["shear"])
+        return affine_matrix_from_parameters(params["rotation"], params["scale"], params["translation"], params["shear"]), params
+
+    def match(self, fixed: Features, moving: Features, shape, affine: torch.Tensor | None = None):
+        """Z-Matching from the backbone's features of both images (``UNet3D.features``): returns
+        (affine, residual, fused displacement, parameters). A given ``affine`` (B, 3, 4) replaces the
+        affine head's (the deformable head then works against it; parameters None)."""
+        local_fixed, local_moving = fixed.local, moving.local
+        params = None
+        if affine is None:
+            affine, params = self.affine_of(fixed, moving, shape)
         affine = affine.to(local_fixed.dtype)
         u_aff = affine_to_displacement(affine.float(), shape).to(local_moving.dtype)
         residual = self.deformable(warp(local_moving, u_aff), local_fixed)

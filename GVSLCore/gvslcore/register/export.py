@@ -97,15 +97,15 @@ def _write_propagated(result: RegistrationResult, out: Path, table: LabelTable |
 
 
 def _qc_picture(result: RegistrationResult, out: Path, title: str | None) -> tuple[Path | None, float]:
-    """Draw qc.png: (its path, or None with a note without matplotlib; the seconds it took)."""
+    """Draw qc.png: (its path, or None with a note without Pillow; the seconds it took)."""
     t = time.monotonic()
     try:
-        from ..qc import registration_qc_png
-    except ModuleNotFoundError as exc:
-        if exc.name != "matplotlib":
-            raise
-        log("note: matplotlib is not installed; qc.png skipped (pip install matplotlib)")
+        import PIL  # noqa: F401 - the picture's only drawing library
+    except ModuleNotFoundError:
+        log("note: Pillow is not installed; qc.png skipped (pip install pillow)")
         return None, 0.0
+    from ..qc import registration_qc_png
+
     fixed = result.fixed_display if result.fixed_display is not None else result.warped
     path = registration_qc_png(fixed, result.moving, result.warped, result.displacement, result.jacobian,
                                out / OUTPUT_NAMES["qc"], ncc=result.metrics.get("ncc"),
@@ -126,8 +126,8 @@ def write_outputs(
     The seconds each file took go into ``result.metrics["seconds"]`` as ``"write <name>"``, the QC
     picture's as ``"qc"``.
 
-    qc.png is drawn in a second thread while the volumes are written: drawing is mostly Python and
-    matplotlib, writing mostly waits on zlib and the disk, so the two overlap on two cores."""
+    qc.png is drawn in a second thread while the volumes are written: drawing is mostly numpy and
+    Pillow, writing mostly waits on zlib and the disk, so the two overlap on two cores."""
     out = ensure_writable_dir(out)
     written: dict[str, str] = {}
     seconds = result.metrics.setdefault("seconds", {})
