@@ -128,10 +128,11 @@ def check_heart(labels: sitk.Image, ct: sitk.Image, reference: sitk.Image | None
         rep.checks["myocardium not contrast blood (<= 12 % above 250 HU)"] = bright <= 0.12
         rep.checks["myocardium 70-200 ml (contrast CT)"] = 70.0 <= rep.volumes_ml[_name(MYO)] <= 200.0
     smooth = ndimage.median_filter(hu, size=3)
-    outside = _outside_mediastinum(lab > 0, smooth, ct.GetSpacing())
+    bodies = _body_outlines(lab > 0, smooth)
+    outside = _outside_mediastinum(lab > 0, smooth, ct.GetSpacing(), bodies)
     rep.values["labelled voxels in lung or chest wall (%)"] = round(100.0 * outside, 2)
     rep.checks["no labels in lung or chest wall (< 1 %)"] = outside < 0.01
-    between = _between_lungs(lab > 0, smooth)
+    between = _between_lungs(lab > 0, smooth, bodies)
     rep.values["labelled voxels between the lungs (%)"] = round(100.0 * between, 1)
     rep.checks["labels between the lungs (>= 80 %)"] = between >= 0.8
     if reference is not None:
@@ -154,25 +155,33 @@ def _wrapping(blood: np.ndarray, myo: np.ndarray) -> float:
     return float(myo[shell].sum() / max(1, shell.sum()))
 
 
-def _outside_mediastinum(labelled: np.ndarray, smooth: np.ndarray, spacing) -> float:
+def _body_outlines(labelled: np.ndarray, smooth: np.ndarray) -> dict[int, np.ndarray]:
+    """Per axial slice holding a label (index z): the body outline there, (y, x) bool, above -300 HU
+    in ``smooth`` with its holes (the airway and the lungs) filled."""
+    return {int(z): ndimage.binary_fill_holes(smooth[z] > -300.0) for z in np.flatnonzero(labelled.any(axis=(1, 2)))}
+
+
+def _outside_mediastinum(labelled: np.ndarray, smooth: np.ndarray, spacing,
+                         bodies: dict[int, np.ndarray] | None = None) -> float:
     """Fraction of labelled voxels in aerated lung (HU < -500 in ``smooth``, the CT after a 3-voxel
-    median) or within 15 mm of the skin (the chest wall)."""
+    median) or within 15 mm of the skin (the chest wall); ``bodies`` from :func:`_body_outlines`."""
     if not labelled.any():
         return 0.0
     lung = smooth < -500.0
     sy, sx = float(spacing[1]), float(spacing[0])
     bad = labelled & lung
-    for z in np.flatnonzero(labelled.any(axis=(1, 2))):
-        # Per axial slice: the airway and lungs are holes of the body outline there.
-        body = ndimage.binary_fill_holes(smooth[z] > -300.0)
+    bodies = _body_outlines(labelled, smooth) if bodies is None else bodies
+    for z, body in bodies.items():
         depth = ndimage.distance_transform_edt(body, sampling=(sy, sx))
         bad[z] |= labelled[z] & (depth < 15.0)
     return float(bad.sum() / labelled.sum())
 
 
-def _between_lungs(labelled: np.ndarray, smooth: np.ndarray, min_voxels: int = 20) -> float:
+def _between_lungs(labelled: np.ndarray, smooth: np.ndarray, bodies: dict[int, np.ndarray] | None = None,
+                   min_voxels: int = 20) -> float:
     """Fraction of labelled voxels whose axial slice holds air inside the body on both sides of them
-    (to their left and to their right along the array's x axis, at least ``min_voxels`` each).
+    (to their left and to their right along the array's x axis, at least ``min_voxels`` each);
+    ``bodies`` from :func:`_body_outlines`.
 
     The heart lies between the lungs: a label map that found the heart in the liver or the abdomen
     (a non-contrast scan, where both are soft tissue) passes every other check, but below the
@@ -180,8 +189,8 @@ def _between_lungs(labelled: np.ndarray, smooth: np.ndarray, min_voxels: int = 2
     if not labelled.any():
         return 0.0
     good = 0
-    for z in np.flatnonzero(labelled.any(axis=(1, 2))):
-        body = ndimage.binary_fill_holes(smooth[z] > -300.0)
+    bodies = _body_outlines(labelled, smooth) if bodies is None else bodies
+    for z, body in bodies.items():
         air_by_column = (body & (smooth[z] < -500.0)).sum(axis=0)  # (x,)
         left_of = np.cumsum(air_by_column)  # air at columns <= x
         right_of = left_of[-1] - left_of  # air at columns > x
