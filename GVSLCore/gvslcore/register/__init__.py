@@ -11,7 +11,9 @@ The pipeline (``gvsl register FIXED MOVING``, :mod:`.pipeline`):
    ``T_init``) and normalized to [0, 1] (:mod:`.grid`).
 3. **Z-Matching** (feed-forward, :mod:`.feedforward`): the network predicts an affine ``Aff`` (working
    voxels, (z, y, x), about the grid centre) and a residual ``v``; the working-grid pull mapping is
-   ``p -> Aff(p + v(p))`` (paper Eq. 12, :func:`gvslcore.spatial.fuse_affine_and_displacement`).
+   ``p -> Aff(p + v(p))`` (paper Eq. 12, :func:`gvslcore.spatial.fuse_affine_and_displacement`). The
+   affine head runs both ways and ``Aff`` is their inverse-consistent root, which cancels the head's
+   own bias (:func:`.feedforward.inverse_consistent_affine`).
 4. **Instance optimization** (``iterations > 0``, :mod:`.instance`): Adam on local NCC + smoothness
    of ``v``, from the prediction (or the identity without a model), coarse to fine over an image pyramid.
 5. **Export** (:mod:`.fields`, :mod:`.export`): the full mapping ``x -> T_init(x + d_W(x))`` becomes

@@ -59,7 +59,8 @@ def predict(model: torch.nn.Module, fixed_w: torch.Tensor, moving_w: torch.Tenso
         f_fixed, f_moving = model.unet.features(fixed_w), model.unet.features(moving_w)
         forward = model.affine_of(f_fixed, f_moving, shape)[0]
         backward = model.affine_of(f_moving, f_fixed, shape)[0]
-        affine = inverse_consistent_affine(forward[0].float(), backward[0].float())
+    affine = inverse_consistent_affine(forward[0].float(), backward[0].float())  # float64, outside autocast
+    with _half_precision(fixed_w.device, half):
         affine, residual, _, _ = model.match(f_fixed, f_moving, shape, affine=affine[None])
     return affine[0].float().clone(), residual.float().clone()
 
