@@ -29,8 +29,8 @@ def _box_forward(x: torch.Tensor, window: int) -> torch.Tensor:
         widths[2 * (4 - dim)], widths[2 * (4 - dim) + 1] = pad + 1, pad
         c = F.pad(x, widths).cumsum(dim)
         n = c.shape[dim] - window
-        x = (c.narrow(dim, window, n) - c.narrow(dim, 0, n)) / window
-    return x
+        x = c.narrow(dim, window, n) - c.narrow(dim, 0, n)
+    return x / window**3  # one division for the three sums
 
 
 class _BoxMean(torch.autograd.Function):
@@ -225,10 +225,15 @@ def _descend(
     spacing_l: torch.Tensor,
     cfg: RegisterConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One Adam step on local NCC + ``cfg.smooth_weight`` x smoothness; returns (ncc, smooth)."""
-    v = v_param / h_l.view(1, 3, 1, 1, 1)
+    """One Adam step on local NCC + ``cfg.smooth_weight`` x smoothness; returns (ncc, smooth).
+
+    ``grid`` is the level's voxel grid about its centre, (1, 3, D, H, W) in level voxels (z, y, x).
+    """
+    # q = Aff((g + v) / h): the affine is a 1x1x1 convolution over the channels (a fifth of the time
+    # of a (N, 3) @ (3, 3) product and its backward on a CPU), with 1/h folded into its weights.
     # grid_sample wants (x, y, z) last: reversing the matrix rows is the flip, for free.
-    q = (grid + v.permute(0, 2, 3, 4, 1)) @ a_param.flip(0).T + t_param.flip(0)
+    weight = (a_param / h_l.view(1, 3)).flip(0).reshape(3, 3, 1, 1, 1)
+    q = F.conv3d(grid + v_param, weight, t_param.flip(0)).permute(0, 2, 3, 4, 1)
     warped = F.grid_sample(moving_l, q, mode="bilinear", padding_mode="zeros", align_corners=True)
     ncc = local_ncc_to(fixed_stats, warped)
     smooth = _smoothness_mm(v_param, spacing_l)
@@ -255,8 +260,8 @@ def _optimize_level(
     lshape = tuple(fixed_l.shape[2:])
     device = fixed_l.device
     fixed_stats = FixedStatistics.of(fixed_l, cfg.ncc_window)
-    grid = _normalized_grid(lshape, device).permute(0, 2, 3, 4, 1)  # (1, D, H, W, 3), (z, y, x)
     h_l = _half(lshape, device)
+    grid = _normalized_grid(lshape, device) * h_l.view(1, 3, 1, 1, 1)  # level voxels about the centre
     # The field is a parameter in voxels of this level (so that one Adam step is about the
     # same fraction of a voxel at every level).
     v_param = torch.nn.Parameter((_resize(v_n, lshape) * h_l.view(1, 3, 1, 1, 1)).detach())
