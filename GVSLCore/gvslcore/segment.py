@@ -64,6 +64,9 @@ class InferenceSettings:
         amp: half-precision autocast on CUDA, and bf16 on CPUs with native bf16 arithmetic
             (AVX512-BF16 or AMX; :func:`cpu_has_bf16`), about twice as fast there.
         sigma_scale: Gaussian importance sigma as a fraction of the window.
+        refine_blood_pool: for a heart model on a contrast CT, move the myocardium label's voxels that
+            are as bright as blood into their chamber, on the input's grid
+            (:func:`gvslcore.heartrefine.refine_blood_pool`); other models and scans are untouched.
     """
 
     overlap: float = 0.5
@@ -75,6 +78,7 @@ class InferenceSettings:
     device: str = "auto"
     amp: bool = True
     sigma_scale: float = 0.125
+    refine_blood_pool: bool = True
 
     @staticmethod
     def fast(**overrides: Any) -> InferenceSettings:
@@ -715,7 +719,19 @@ def segment_image(
         info["region"] = {"index": region[0], "size": region[1]}
     main_info["windows"] += done
     info.update(main_info)
+    if settings.refine_blood_pool and _is_heart_ct(seg):
+        from .heartrefine import refine_blood_pool
+
+        if reporter is not None:
+            reporter.stage("refining the blood pool", step=done + n_windows)
+        labels_out, info["blood_pool"] = refine_blood_pool(labels_out, image)
     return labels_out, info
+
+
+def _is_heart_ct(seg: Segmenter) -> bool:
+    from .heartcheck import is_heart_table
+
+    return is_heart_table(seg.table) and str(seg.modality).upper() == "CT"
 
 
 def segment_file(
@@ -781,9 +797,9 @@ def _check_result(labels: sitk.Image, image: sitk.Image, seg: Segmenter, path: P
     nothing for other label tables, whose anatomy we do not know. The sidecar also keeps the
     per-structure ``confidence`` and ``uncertain_fraction`` of ``info`` (segment_image's)."""
     from .atomic import write_json
-    from .heartcheck import is_heart_table, plausibility, warning_lines
+    from .heartcheck import plausibility, warning_lines
 
-    if not is_heart_table(seg.table) or str(seg.modality).upper() != "CT":
+    if not _is_heart_ct(seg):
         return {}
     result = plausibility(labels, image)
     result["segmentation"] = path.name

@@ -29,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
                    help="keep only the largest connected piece of each label (default: as the model recommends)")
     p.add_argument("--no-modality-check", action="store_true", help="segment even when the input does not look like the model's modality")
+    p.add_argument("--no-refine", action="store_true",
+                   help="keep the heart model's labels as they come (default, on a contrast CT: myocardium voxels as "
+                        "bright as blood move into their chamber, on the input's grid)")
     p.add_argument("--no-amp", action="store_true",
                    help="float32 throughout (default: bf16/fp16 autocast on CUDA and on CPUs with native bf16)")
     add_common(p)
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     check_device(args.device)
     check_not_inputs(args.output, [args.input, args.model], "OUTPUT")
     common = {"batch": args.batch, "largest_component": args.largest_component, "device": args.device,
-              "amp": not args.no_amp, "window": parse_patch(args.window) if args.window else None}
+              "amp": not args.no_amp, "refine_blood_pool": not args.no_refine, "window": parse_patch(args.window) if args.window else None}
     if args.overlap is not None:
         common["overlap"] = args.overlap
     if args.fast:

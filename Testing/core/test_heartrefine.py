@@ -1,0 +1,95 @@
+"""Blood-pool refinement (gvslcore.heartrefine): on a contrast CT the myocardium label gives up the
+voxels as bright as blood to the chamber they are joined to, measured in physical space on an
+oblique, anisotropic, non-cubic grid; a bright vessel inside the wall and a non-contrast scan stay."""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from gvslcore.heartcheck import LV, MYO, RV
+from gvslcore.heartrefine import refine_blood_pool
+from gvslcore.labels import HEART_LABELS
+from gvslcore.metrics import dice
+from gvslcore.segment import InferenceSettings, Segmenter, _is_heart_ct
+
+BLOOD_R, WALL_R, LABEL_R = 14.0, 22.0, 9.0  # mm: true cavity, outer wall, the too-small LV label
+
+
+def _grid() -> sitk.Image:
+    """0.9 x 1.3 x 2.2 mm voxels, 71 x 57 x 33, rotated 25 degrees about an oblique axis."""
+    grid = sitk.Image([71, 57, 33], sitk.sitkFloat32)
+    grid.SetSpacing([0.9, 1.3, 2.2])
+    rotation = sitk.VersorTransform((0.3, 0.2, 0.93), np.deg2rad(25.0))
+    grid.SetDirection(rotation.GetMatrix())
+    grid.SetOrigin([-31.0, -35.0, -30.0])
+    return grid
+
+
+def _points(grid: sitk.Image) -> np.ndarray:
+    """(z, y, x, 3) physical points (LPS mm) of every voxel."""
+    size = grid.GetSize()
+    k, j, i = np.meshgrid(*(np.arange(n) for n in size[::-1]), indexing="ij")
+    ijk = np.stack([i, j, k], -1) * np.asarray(grid.GetSpacing())
+    return np.asarray(grid.GetOrigin()) + ijk @ np.asarray(grid.GetDirection()).reshape(3, 3).T
+
+
+def _phantom(blood_hu: float) -> tuple[sitk.Image, sitk.Image, np.ndarray, np.ndarray]:
+    """(ct, labels, true LV, the coronary mask): an LV of blood in an 8 mm wall, an RV beside it, a
+    bright coronary inside the wall; the LV label too small, so its label's wall swallows blood."""
+    grid = _grid()
+    p = _points(grid)
+    centre = np.array(grid.TransformContinuousIndexToPhysicalPoint([35.0, 28.0, 16.0]))
+    r = np.linalg.norm(p - centre, axis=-1)
+    rv_centre = centre + np.array([0.0, -34.0, 0.0])
+    rv = np.linalg.norm(p - rv_centre, axis=-1) < 10.0  # 2 mm of fat from the wall
+    coronary = (np.abs(r - 19.0) < 1.6) & (np.abs(p[..., 2] - centre[2]) < 1.6)  # a ring in the wall
+    hu = np.full(r.shape, -80.0, np.float32)  # fat
+    hu[r < WALL_R] = 110.0
+    hu[r < BLOOD_R] = blood_hu
+    hu[rv] = blood_hu
+    hu[coronary] = blood_hu
+    lab = np.zeros(r.shape, np.uint8)
+    lab[r < WALL_R] = MYO
+    lab[r < LABEL_R] = LV
+    lab[rv] = RV
+    ct = sitk.GetImageFromArray(hu)
+    ct.CopyInformation(grid)
+    labels = sitk.GetImageFromArray(lab)
+    labels.CopyInformation(grid)
+    return ct, labels, r < BLOOD_R, coronary
+
+
+def test_contrast_blood_moves_from_the_wall_into_the_lv():
+    ct, labels, true_lv, coronary = _phantom(blood_hu=420.0)
+    refined, info = refine_blood_pool(labels, ct)
+    assert info["contrast"] is True and 110.0 <= info["wall_hu"] <= 420.0
+    assert refined.GetSpacing() == ct.GetSpacing() and refined.GetDirection() == ct.GetDirection()
+    assert refined.GetOrigin() == ct.GetOrigin() and refined.GetPixelID() == labels.GetPixelID()
+    before, after = sitk.GetArrayViewFromImage(labels), sitk.GetArrayViewFromImage(refined)
+    hu = sitk.GetArrayViewFromImage(ct)
+    assert dice(before == LV, true_lv) < 0.6  # the start: far too small
+    assert dice(after == LV, true_lv) > 0.97
+    assert (hu[after == MYO] > 250).mean() < 0.1  # only the coronary ring stays bright in the wall
+    assert (after[coronary] == MYO).all()  # bright, but not joined to a chamber through the wall
+    assert (after[before == RV] == RV).all() and (after[before == 0] == 0).all()
+    moved_ml = info["moved_ml"][LV]
+    expected_ml = float((true_lv & (before == MYO)).sum()) * np.prod(ct.GetSpacing()) / 1000.0
+    assert abs(moved_ml - expected_ml) < 0.05 * expected_ml
+
+
+def test_non_contrast_scan_is_left_alone():
+    ct, labels, _, _ = _phantom(blood_hu=45.0)
+    refined, info = refine_blood_pool(labels, ct)
+    assert info == {"contrast": False}
+    assert np.array_equal(sitk.GetArrayViewFromImage(refined), sitk.GetArrayViewFromImage(labels))
+
+
+def test_refinement_applies_to_heart_ct_models_only():
+    def seg(table, modality):
+        return Segmenter(network=None, metadata={}, table=table, spacing=(4.0, 4.0, 4.0), modality=modality,
+                         window=(48, 48, 48), num_classes=len(table) + 1)
+
+    assert _is_heart_ct(seg(HEART_LABELS, "CT"))
+    assert not _is_heart_ct(seg(HEART_LABELS, "MR"))
+    assert InferenceSettings().refine_blood_pool and not InferenceSettings(refine_blood_pool=False).refine_blood_pool
