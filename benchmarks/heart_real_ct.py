@@ -5,7 +5,7 @@ fetched on first use), segment with MODEL (default: the shipped gvsl-heart-ct), 
 checks of :func:`gvslcore.heartcheck.check_heart` side by side and write, per case, an overlay PNG
 (axial, coronal, sagittal through the heart) and a frontal view of the labels over a MIP:
 
-    python benchmarks/heart_real_ct.py --out /tmp/heart_eval [--model M] [--no-fetch] [--fast]
+    python benchmarks/heart_real_ct.py --out /tmp/heart_eval [--model M] [--no-fetch] [--fast] [--no-refine]
 
 None of these scans is used for training; they are validation only.
 """
@@ -65,7 +65,7 @@ def frontal_view(ct, labels, out: Path, title: str) -> Path:
     return out
 
 
-def evaluate_case(case: real_ct.RealCase, model: str, out: Path, fast: bool) -> dict:
+def evaluate_case(case: real_ct.RealCase, model: str, out: Path, fast: bool, refine: bool = True) -> dict:
     import numpy as np
     import SimpleITK as sitk
 
@@ -77,6 +77,7 @@ def evaluate_case(case: real_ct.RealCase, model: str, out: Path, fast: bool) -> 
 
     seg_path = out / f"{case.name}.seg.nrrd"
     settings = InferenceSettings.fast() if fast else InferenceSettings()
+    settings.refine_blood_pool = refine
     t0 = time.monotonic()
     info = segment_file(case.ct, seg_path, model, settings)
     seconds = time.monotonic() - t0
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="gvsl-heart-ct", help="model file or id (default: the shipped gvsl-heart-ct)")
     p.add_argument("--no-fetch", action="store_true", help="only the cases already at hand (no registry download)")
     p.add_argument("--fast", action="store_true", help="segment with --fast")
+    p.add_argument("--no-refine", action="store_true", help="the network's labels only (gvsl segment --no-refine)")
     p.add_argument("--cases", nargs="*", default=None, help="names of the cases to run (default all)")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     if not cases:
         print("no real CT at hand (../shared/data absent and nothing fetched)", file=sys.stderr)
         return 2
-    results = [evaluate_case(c, args.model, out, args.fast) for c in cases]
+    results = [evaluate_case(c, args.model, out, args.fast, not args.no_refine) for c in cases]
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print_table(results)
     return 0

@@ -15,7 +15,12 @@ Rules (HU of the CT after a 3-voxel median, which keeps edges):
 - only bright myocardium voxels connected (6-neighbours) to a chamber through bright myocardium move,
   so a coronary artery on the epicardium, bright but not part of a cavity, stays; each takes the
   label of the chamber that reaches it first growing through them (a geodesic nearest chamber, so
-  every chamber stays in one piece).
+  every chamber stays in one piece);
+- then each chamber takes the bright unlabelled voxels joined to it within ``GROW_MM`` of the
+  chambers: the network's boundary is known only to within about one of its 4 mm voxels, and inside
+  that band the image decides. The band stops a chamber from running up the veins and arteries that
+  carry the same blood (on the shared chest CTA whole-heart Dice rose 0.862 -> 0.879 with 3 mm and
+  fell again beyond it, 0.877 at 6 mm, 0.874 at 10 mm).
 """
 
 from __future__ import annotations
@@ -32,6 +37,9 @@ CONTRAST_HU = 150.0
 """Median HU of the LV and LA labels above which the scan counts as contrast-enhanced."""
 MIN_BRIGHT_HU = 200.0
 """The bright threshold never goes below this (the wall of a heart is below it on CT)."""
+GROW_MM = 3.0
+"""How far (mm, from the chambers' labels after the wall's blood has moved) a chamber may take bright
+unlabelled voxels."""
 
 _CROSS = ndimage.generate_binary_structure(3, 1)
 
@@ -72,10 +80,12 @@ def refine_blood_pool(labels: sitk.Image, ct: sitk.Image) -> tuple[sitk.Image, d
 
     Returns:
         (the refined labels, same grid and pixel type; info: ``contrast``, and when applied the blood
-        and wall HU, the threshold, and the ml moved from the myocardium to each chamber).
+        and wall HU, the threshold, the ml moved from the myocardium to each chamber and the ml each
+        chamber took from unlabelled voxels).
     """
     lab = sitk.GetArrayFromImage(labels)
-    box = _box(lab > 0, margin=2)
+    spacing_zyx = np.asarray(ct.GetSpacing())[::-1]
+    box = _box(lab > 0, margin=int(np.ceil(GROW_MM / spacing_zyx.min())) + 2)
     if box is None or not (lab[box] == MYO).any():
         return labels, {"contrast": None}
     part = lab[box]
@@ -89,10 +99,17 @@ def refine_blood_pool(labels: sitk.Image, ct: sitk.Image) -> tuple[sitk.Image, d
     bright_myo = (part == MYO) & (hu > threshold)
     before = part.copy()
     _grow_into(part, bright_myo, CAVITIES)
+    near = ndimage.distance_transform_edt(~np.isin(part, CAVITIES), sampling=spacing_zyx) <= GROW_MM
+    _grow_into(part, (part == 0) & (hu > threshold) & near, CAVITIES)
     voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
-    moved = {int(v): round(float(((before == MYO) & (part == v)).sum()) * voxel_ml, 2) for v in CAVITIES}
+
+    def ml(mask: np.ndarray) -> float:
+        return round(float(mask.sum()) * voxel_ml, 2)
+
+    moved = {int(v): ml((before == MYO) & (part == v)) for v in CAVITIES}
+    grown = {int(v): ml((before == 0) & (part == v)) for v in CAVITIES}
     lab[box] = part
     out = sitk.GetImageFromArray(lab)
     out.CopyInformation(labels)
     return out, {"contrast": True, "blood_hu": round(blood, 1), "wall_hu": round(wall, 1),
-                 "threshold_hu": round(threshold, 1), "moved_ml": moved}
+                 "threshold_hu": round(threshold, 1), "moved_ml": moved, "grown_ml": grown}
