@@ -198,7 +198,8 @@ class GVSLSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.showChecks(None)
         with slicer.util.tryWithErrorDisplay("Could not start the segmentation.", waitCursor=True):
-            job = self.logic.startSegmentation(inputVolume, entry, device=device, fast=self.ui.fastCheckBox.checked)
+            job = self.logic.startSegmentation(inputVolume, entry, device=device, fast=self.ui.fastCheckBox.checked,
+                                               refine=self.ui.refineCheckBox.checked)
             self.pending = {"kind": "segment", "input": inputVolume,
                             "output": self.ui.outputSegmentationSelector.currentNode(), "model": entry.path}
             self.runner.watch(job)
@@ -245,12 +246,14 @@ class GVSLSegmentLogic(ScriptedLoadableModuleLogic):
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)
 
-    def startSegmentation(self, inputVolume, entry, device="auto", fast=False):
-        """Save the input into a new job folder and start the segmentation; returns the job."""
+    def startSegmentation(self, inputVolume, entry, device="auto", fast=False, refine=True):
+        """Save the input into a new job folder and start the segmentation; returns the job.
+        ``refine``: the blood-pool refinement of heart labels on a contrast CT (``gvsl segment`` without
+        ``--no-refine``)."""
         if not entry.installed:
             raise ValueError(f"model {entry.name} is not installed")
         model = entry.path
-        args = commands.segment_args("input.nrrd", "segmentation.seg.nrrd", model, device, fast)
+        args = commands.segment_args("input.nrrd", "segmentation.seg.nrrd", model, device, fast, refine)
 
         def prepare(job):
             slicerglue.export_volume(inputVolume, job.folder / "input.nrrd")

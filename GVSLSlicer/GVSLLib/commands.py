@@ -12,9 +12,10 @@ def phantom_args(out: str, cases: int, size: int, seed: int = 0) -> list[str]:
     return ["phantom", out, "--cases", str(cases), "--size", str(size), "--seed", str(seed)]
 
 
-def segment_args(input_path: str, output_path: str, model: str, device: str = "auto", fast: bool = False) -> list[str]:
+def segment_args(input_path: str, output_path: str, model: str, device: str = "auto", fast: bool = False,
+                 refine: bool = True) -> list[str]:
     args = ["segment", input_path, output_path, "--model", model, "--device", device]
-    return args + ["--fast"] if fast else args
+    return args + (["--fast"] if fast else []) + ([] if refine else ["--no-refine"])
 
 
 def register_args(fixed: str, moving: str, model: str, out: str, iterations: int = 40, device: str = "auto",

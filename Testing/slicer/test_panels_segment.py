@@ -63,6 +63,7 @@ def test_segment_heart_chambers_with_nothing_installed(panel_env, chest_files) -
     assert not ui.heartModelHelpLabel.visible  # a heart model is there (bundled)
     assert "gvsl-heart-ct" in ui.segmentHeartButton.toolTip or "heart" in ui.segmentHeartButton.toolTip.lower()
     assert not ui.cancelButton.enabled
+    assert ui.refineCheckBox.checked  # the blood-pool refinement is on by default, as in `gvsl segment`
 
     shown: list[tuple[int, int]] = []
     ui.progressBar.connect("valueChanged(int)", lambda value: shown.append((value, ui.progressBar.maximum)))
@@ -73,6 +74,7 @@ def test_segment_heart_chambers_with_nothing_installed(panel_env, chest_files) -
     _wait_idle(env, panel, "the segmentation job")
 
     assert env.messages == [], env.messages
+    assert "segment" in job.spec["argv"] and "--no-refine" not in job.spec["argv"]
     assert ui.statusLabel.text.startswith("Done: "), ui.statusLabel.text
     assert ui.progressBar.value == ui.progressBar.maximum == 1000
     assert any(0 < value < 1000 for value, maximum in shown if maximum == 1000), f"the bar never moved: {shown}"
@@ -118,6 +120,8 @@ def test_cancel_mid_run_leaves_the_scene_clean(panel_env, chest_files) -> None:
     ui = panel.ui
     slicer.util.loadVolume(str(chest_files["chest"]))
     before = {slicer.mrmlScene.GetNthNode(i).GetID() for i in range(slicer.mrmlScene.GetNumberOfNodes())}
+    ui.refineCheckBox.click()  # off: the job runs `gvsl segment --no-refine`
+    assert not ui.refineCheckBox.checked
     ui.segmentHeartButton.click()
     job = panel.widget.runner.job
     env.wait_until(lambda: ui.progressBar.maximum == 1000 and 0 < ui.progressBar.value < 1000, JOB_TIMEOUT,
@@ -128,6 +132,7 @@ def test_cancel_mid_run_leaves_the_scene_clean(panel_env, chest_files) -> None:
     _wait_idle(env, panel, "the cancelled job to end")
 
     assert job.status == "cancelled", job.log_tail(20)
+    assert "--no-refine" in job.spec["argv"]
     assert not job.is_alive()
     assert ui.statusLabel.text == "Cancelled"
     assert ui.progressBar.value == 0

@@ -402,6 +402,7 @@ def command_available(parser, name: str) -> bool:
 COMMAND_LINES = {
     "phantom": lambda: commands.phantom_args("out", 4, 48),
     "segment": lambda: commands.segment_args("input.nrrd", "seg.seg.nrrd", "m.safetensors", "cpu", fast=True),
+    "segment unrefined": lambda: commands.segment_args("input.nrrd", "seg.seg.nrrd", "m.safetensors", refine=False),
     "register": lambda: commands.register_args("fixed.nrrd", "moving.nrrd", "m.safetensors", "result", 20, "cuda",
                                                "moving.seg.nrrd"),
     "pretrain": lambda: commands.pretrain_args(["data"], "/runs/a", 100, 64, 2, 16, "auto"),
@@ -423,7 +424,9 @@ def test_module_command_lines_parse_with_gvsl(name: str) -> None:
     parsed = parser.parse_args([*args, "--progress", "json"])
     assert parsed.func is not None and parsed.progress == "json"
     if name == "segment":
-        assert parsed.fast and parsed.model == "m.safetensors" and parsed.device == "cpu"
+        assert parsed.fast and parsed.model == "m.safetensors" and parsed.device == "cpu" and not parsed.no_refine
+    if name == "segment unrefined":
+        assert parsed.no_refine and not parsed.fast
     if name == "register":
         assert parsed.iterations == 20 and parsed.moving_labels == "moving.seg.nrrd" and parsed.no_qc
     if name == "finetune":
