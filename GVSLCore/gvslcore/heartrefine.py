@@ -7,11 +7,13 @@ chest CTA a quarter of that label's voxels were above 250 HU, where the wall its
 resolution: this moves the myocardium voxels that are as bright as blood, and are joined to a
 chamber through bright voxels, into the chamber they grow from.
 
-Rules (HU of the CT after a 3-voxel median, which keeps edges):
+Rules (a voxel is bright when the 3x3x3 median of the CT's HU is above the threshold, which keeps
+edges and ignores single noisy voxels):
 - contrast scan: the median HU of the LV and LA labels is above ``CONTRAST_HU`` (as in heartcheck);
   on a non-contrast scan nothing changes, since blood and wall there have the same HU;
 - bright: above the midpoint of the blood pool (that median) and the wall (the 25th percentile of
-  the myocardium label, which is wall even when half the label is blood), and above ``MIN_BRIGHT_HU``;
+  the myocardium label's HU, which is wall even when half the label is blood), and above
+  ``MIN_BRIGHT_HU``;
 - only bright myocardium voxels connected (6-neighbours) to a chamber through bright myocardium move,
   so a coronary artery on the epicardium, bright but not part of a cavity, stays; each takes the
   label of the chamber that reaches it first growing through them (a geodesic nearest chamber, so
@@ -44,31 +46,71 @@ unlabelled voxels."""
 _CROSS = ndimage.generate_binary_structure(3, 1)
 
 
-def _box(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
-    where = np.argwhere(mask)
-    if where.size == 0:
-        return None
-    lo = np.maximum(where.min(0) - margin, 0)
-    hi = np.minimum(where.max(0) + margin + 1, mask.shape)
-    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+def _box(mask: np.ndarray, margin: int, offset: tuple[int, ...] = (0, 0, 0),
+         shape: tuple[int, ...] | None = None) -> tuple[slice, ...] | None:
+    """The bounding box of ``mask`` widened by ``margin`` voxels, as slices; for a ``mask`` cut out of a
+    larger array at ``offset``, slices of that array (of ``shape``). None when ``mask`` is empty.
+    From the mask's projections on the axes (argwhere of a large mask costs 70 ms a call)."""
+    shape = mask.shape if shape is None else shape
+    slices = []
+    for axis in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=others))
+        if hit.size == 0:
+            return None
+        lo = max(int(hit[0]) + offset[axis] - margin, 0)
+        hi = min(int(hit[-1]) + offset[axis] + margin + 1, shape[axis])
+        slices.append(slice(lo, hi))
+    return tuple(slices)
 
 
 def _grow_into(labels: np.ndarray, region: np.ndarray, sources: tuple[int, ...]) -> int:
     """Give every voxel of ``region`` reachable from a ``sources`` label (6-neighbours, inside
-    ``region``) the label that reaches it first, in place; returns the number of voxels given."""
-    front = np.where(np.isin(labels, sources), labels, 0).astype(labels.dtype)
+    ``region``) the label that reaches it first, in place; returns the number of voxels given.
+
+    Each step of the wave works only in the bounding box of its front (one voxel wider): at 0.5 mm
+    the wave over the whole heart's box took 20 s where the region was a few thousand voxels."""
     todo = region.copy()
+    front = np.isin(labels, sources) & ndimage.binary_dilation(region, _CROSS)
+    sub = _box(front, margin=1)
+    front = front[sub] if sub is not None else front
     given = 0
-    while True:
-        reached = ndimage.grey_dilation(front, footprint=_CROSS) * todo
+    while sub is not None:
+        near = np.where(front, labels[sub], 0).astype(labels.dtype)
+        reached = ndimage.grey_dilation(near, footprint=_CROSS) * todo[sub]
         new = reached > 0
-        n = int(new.sum())
-        if n == 0:
+        labels[sub][new] = reached[new]
+        todo[sub] &= ~new
+        given += int(new.sum())
+        next_sub = _box(new, margin=1, offset=tuple(s.start for s in sub), shape=labels.shape)
+        if next_sub is None:
             return given
-        labels[new] = reached[new]
-        front = np.where(new, reached, 0).astype(labels.dtype)
-        todo &= ~new
-        given += n
+        # the new front, cut to its own box (it lies inside the old one)
+        inner = tuple(slice(n.start - o.start, n.stop - o.start) for n, o in zip(next_sub, sub))
+        front = np.zeros(tuple(n.stop - n.start for n in next_sub), dtype=bool)
+        clip = tuple(slice(max(i.start, 0), min(i.stop, o.stop - o.start)) for i, o in zip(inner, sub))
+        front[tuple(slice(c.start - i.start, c.stop - i.start) for c, i in zip(clip, inner))] = new[clip]
+        sub = next_sub
+    return given
+
+
+def _distance_mm(mask: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray:
+    """Euclidean distance (mm) of every voxel to the nearest voxel of ``mask`` (0 inside): ITK's
+    Maurer transform, multi-threaded (scipy's distance_transform_edt: 4.7 s on the heart's box of a
+    0.5 mm CTA)."""
+    image = sitk.GetImageFromArray(mask.astype(np.uint8))
+    image.SetSpacing([float(v) for v in spacing_zyx[::-1]])
+    distance = sitk.SignedMaurerDistanceMap(image, insideIsPositive=False, squaredDistance=False,
+                                            useImageSpacing=True, backgroundValue=0.0)
+    return np.maximum(sitk.GetArrayViewFromImage(distance), 0.0)
+
+
+def _median_above(hu: np.ndarray, threshold: float) -> np.ndarray:
+    """Where the 3x3x3 median of ``hu`` is above ``threshold``: where at least 14 of the 27 voxels are,
+    the same mask as ``median_filter(hu, 3) > threshold`` (reflected edges, as there) from one box sum
+    (9 s -> under 1 s on the heart's box of a 0.5 mm CTA)."""
+    above = (hu > threshold).astype(np.float32)
+    return ndimage.uniform_filter(above, size=3, mode="reflect") * 27.0 > 13.5
 
 
 def refine_blood_pool(labels: sitk.Image, ct: sitk.Image) -> tuple[sitk.Image, dict[str, Any]]:
@@ -89,18 +131,18 @@ def refine_blood_pool(labels: sitk.Image, ct: sitk.Image) -> tuple[sitk.Image, d
     if box is None or not (lab[box] == MYO).any():
         return labels, {"contrast": None}
     part = lab[box]
-    hu = ndimage.median_filter(sitk.GetArrayViewFromImage(ct)[box].astype(np.float32), size=3)
+    hu = sitk.GetArrayViewFromImage(ct)[box]
     pool = hu[np.isin(part, (LV, LA))]
     blood = float(np.median(pool)) if pool.size else -np.inf
     if not blood > CONTRAST_HU:
         return labels, {"contrast": False}
     wall = float(np.percentile(hu[part == MYO], 25))
     threshold = max(MIN_BRIGHT_HU, 0.5 * (wall + blood))
-    bright_myo = (part == MYO) & (hu > threshold)
+    bright = _median_above(hu, threshold)
     before = part.copy()
-    _grow_into(part, bright_myo, CAVITIES)
-    near = ndimage.distance_transform_edt(~np.isin(part, CAVITIES), sampling=spacing_zyx) <= GROW_MM
-    _grow_into(part, (part == 0) & (hu > threshold) & near, CAVITIES)
+    _grow_into(part, bright & (part == MYO), CAVITIES)
+    near = _distance_mm(np.isin(part, CAVITIES), spacing_zyx) <= GROW_MM
+    _grow_into(part, bright & (part == 0) & near, CAVITIES)
     voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
 
     def ml(mask: np.ndarray) -> float:

@@ -109,3 +109,13 @@ def test_refinement_applies_to_heart_ct_models_only():
     assert _is_heart_ct(seg(HEART_LABELS, "CT"))
     assert not _is_heart_ct(seg(HEART_LABELS, "MR"))
     assert InferenceSettings().refine_blood_pool and not InferenceSettings(refine_blood_pool=False).refine_blood_pool
+
+
+def test_bright_mask_is_the_median_filters():
+    from scipy import ndimage
+
+    from gvslcore.heartrefine import _median_above
+
+    hu = np.random.default_rng(0).normal(200.0, 100.0, (20, 23, 17)).astype(np.float32)
+    for threshold in (150.0, 230.0, 300.0):
+        assert np.array_equal(_median_above(hu, threshold), ndimage.median_filter(hu, size=3) > threshold)
