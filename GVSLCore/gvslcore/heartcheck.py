@@ -34,6 +34,8 @@ from .metrics import dice
 
 LV, RV, LA, RA, MYO, AO, PA = 1, 2, 3, 4, 5, 6, 7
 CHAMBERS = (LV, RV, LA, RA, MYO)
+CONTRAST_HU = 150.0
+"""Median HU of the LV and LA labels above which a scan counts as contrast-enhanced."""
 VOLUME_RANGES_ML = {LV: (40.0, 300.0), RV: (40.0, 300.0), LA: (20.0, 250.0), RA: (20.0, 250.0), MYO: (50.0, 300.0)}
 
 
@@ -64,6 +66,17 @@ def _physical(image: sitk.Image, index_zyx: np.ndarray) -> np.ndarray:
     d = np.asarray(image.GetDirection()).reshape(3, 3)
     ijk = index_zyx[:, ::-1] * np.asarray(image.GetSpacing())
     return np.asarray(image.GetOrigin()) + ijk @ d.T
+
+
+def blood_pool_hu(lab: np.ndarray, hu: np.ndarray) -> float:
+    """Median HU of the LV and LA labels (-inf when both are empty)."""
+    pool = hu[np.isin(lab, (LV, LA))]
+    return float(np.median(pool)) if pool.size else -math.inf
+
+
+def is_contrast_pool(blood_hu: float) -> bool:
+    """Whether a blood pool of this median HU is contrast-enhanced."""
+    return bool(blood_hu > CONTRAST_HU)
 
 
 def _name(value: int) -> str:
@@ -116,8 +129,7 @@ def check_heart(labels: sitk.Image, ct: sitk.Image, reference: sitk.Image | None
     rep.values["myocardium around LV"] = round(_wrapping(lab == LV, lab == MYO), 3)
     rep.checks["myocardium wraps the LV (>= 50 % of its surface)"] = rep.values["myocardium around LV"] >= 0.5
     if contrast is None:
-        pool = hu[np.isin(lab, (LV, LA))]
-        contrast = bool(pool.size and np.median(pool) > 150.0)
+        contrast = is_contrast_pool(blood_pool_hu(lab, hu))
     rep.values["contrast"] = float(contrast)
     if contrast:
         myo_hu = rep.values.get(f"mean_hu_{_name(MYO)}", math.inf)

@@ -9,7 +9,7 @@ chamber through bright voxels, into the chamber they grow from.
 
 Rules (a voxel is bright when the 3x3x3 median of the CT's HU is above the threshold, which keeps
 edges and ignores single noisy voxels):
-- contrast scan: the median HU of the LV and LA labels is above ``CONTRAST_HU`` (as in heartcheck);
+- contrast scan: the median HU of the LV and LA labels is above heartcheck's ``CONTRAST_HU``;
   on a non-contrast scan nothing changes, since blood and wall there have the same HU;
 - bright: above the midpoint of the blood pool (that median) and the wall (the 25th percentile of
   the myocardium label's HU, which is wall even when half the label is blood), and above
@@ -33,10 +33,9 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-LV, RV, LA, RA, MYO = 1, 2, 3, 4, 5
+from .heartcheck import LA, LV, MYO, RA, RV, blood_pool_hu, is_contrast_pool
+
 CAVITIES = (LV, RV, LA, RA)
-CONTRAST_HU = 150.0
-"""Median HU of the LV and LA labels above which the scan counts as contrast-enhanced."""
 MIN_BRIGHT_HU = 200.0
 """The bright threshold never goes below this (the wall of a heart is below it on CT)."""
 GROW_MM = 3.0
@@ -73,24 +72,16 @@ def _grow_into(labels: np.ndarray, region: np.ndarray, sources: tuple[int, ...])
     todo = region.copy()
     front = np.isin(labels, sources) & ndimage.binary_dilation(region, _CROSS)
     sub = _box(front, margin=1)
-    front = front[sub] if sub is not None else front
     given = 0
     while sub is not None:
-        near = np.where(front, labels[sub], 0).astype(labels.dtype)
+        near = np.where(front[sub], labels[sub], 0).astype(labels.dtype)
         reached = ndimage.grey_dilation(near, footprint=_CROSS) * todo[sub]
         new = reached > 0
         labels[sub][new] = reached[new]
         todo[sub] &= ~new
         given += int(new.sum())
-        next_sub = _box(new, margin=1, offset=tuple(s.start for s in sub), shape=labels.shape)
-        if next_sub is None:
-            return given
-        # the new front, cut to its own box (it lies inside the old one)
-        inner = tuple(slice(n.start - o.start, n.stop - o.start) for n, o in zip(next_sub, sub))
-        front = np.zeros(tuple(n.stop - n.start for n in next_sub), dtype=bool)
-        clip = tuple(slice(max(i.start, 0), min(i.stop, o.stop - o.start)) for i, o in zip(inner, sub))
-        front[tuple(slice(c.start - i.start, c.stop - i.start) for c, i in zip(clip, inner))] = new[clip]
-        sub = next_sub
+        front[sub] = new  # the whole old front lies inside sub, so this replaces it
+        sub = _box(new, margin=1, offset=tuple(s.start for s in sub), shape=labels.shape)
     return given
 
 
@@ -132,9 +123,8 @@ def refine_blood_pool(labels: sitk.Image, ct: sitk.Image) -> tuple[sitk.Image, d
         return labels, {"contrast": None}
     part = lab[box]
     hu = sitk.GetArrayViewFromImage(ct)[box]
-    pool = hu[np.isin(part, (LV, LA))]
-    blood = float(np.median(pool)) if pool.size else -np.inf
-    if not blood > CONTRAST_HU:
+    blood = blood_pool_hu(part, hu)
+    if not is_contrast_pool(blood):
         return labels, {"contrast": False}
     wall = float(np.percentile(hu[part == MYO], 25))
     threshold = max(MIN_BRIGHT_HU, 0.5 * (wall + blood))
@@ -150,8 +140,7 @@ def refine_blood_pool(labels: sitk.Image, ct: sitk.Image) -> tuple[sitk.Image, d
 
     moved = {int(v): ml((before == MYO) & (part == v)) for v in CAVITIES}
     grown = {int(v): ml((before == 0) & (part == v)) for v in CAVITIES}
-    lab[box] = part
-    out = sitk.GetImageFromArray(lab)
+    out = sitk.GetImageFromArray(lab)  # ``part`` is a view of ``lab``: the changes are in it
     out.CopyInformation(labels)
     return out, {"contrast": True, "blood_hu": round(blood, 1), "wall_hu": round(wall, 1),
                  "threshold_hu": round(threshold, 1), "moved_ml": moved, "grown_ml": grown}
