@@ -29,7 +29,13 @@ def load_registration_model(path: str, device: torch.device) -> tuple[torch.nn.M
     except RuntimeError as exc:
         raise InputError(f"{path}: weights do not fit GVSLNet(width={arch.get('width')}): "
                          f"{str(exc).splitlines()[0]}; give a model written by gvsl pretrain") from None
-    return model.to(device).eval(), meta
+    model = model.to(device).eval()
+    if device.type == "cpu":
+        # oneDNN's channels-last kernels: the two backbone passes on the abdominal pair's 4 mm grid
+        # 0.38 -> 0.28 s (two cores), its trilinear upsampling 26 -> 5 ms a layer; the same values to
+        # float rounding. On CUDA this layout is not measured here, so it stays as it is.
+        model = model.to(memory_format=torch.channels_last_3d)
+    return model, meta
 
 
 @torch.inference_mode()
@@ -62,7 +68,7 @@ def predict(model: torch.nn.Module, fixed_w: torch.Tensor, moving_w: torch.Tenso
     affine = inverse_consistent_affine(forward[0].float(), backward[0].float())  # float64, outside autocast
     with _half_precision(fixed_w.device, half):
         affine, residual, _, _ = model.match(f_fixed, f_moving, shape, affine=affine[None])
-    return affine[0].float().clone(), residual.float().clone()
+    return affine[0].float().clone(), residual.float().clone(memory_format=torch.contiguous_format)
 
 
 def _homogeneous(affine: torch.Tensor) -> torch.Tensor:
