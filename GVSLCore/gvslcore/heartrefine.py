@@ -22,7 +22,14 @@ edges and ignores single noisy voxels):
   chambers: the network's boundary is known only to within about one of its 4 mm voxels, and inside
   that band the image decides. The band stops a chamber from running up the veins and arteries that
   carry the same blood (on the shared chest CTA whole-heart Dice rose 0.862 -> 0.879 with 3 mm and
-  fell again beyond it, 0.877 at 6 mm, 0.874 at 10 mm).
+  fell again beyond it, 0.877 at 6 mm, 0.874 at 10 mm);
+- last, the aorta label gives up the voxels brighter than ``DENSE_FACTOR`` times the blood pool: the
+  aorta carries the blood of the LV and LA (its label's median HU 474 against their 481 on the shared
+  chest CTA, 414 against 377 on the LIDC CT), while the superior vena cava on the injection side can
+  hold undiluted contrast (median 1263 HU on the LIDC CT) and the network's 4 mm aorta label reaches
+  into it. On the LIDC CT this took the SVC labelled aorta from 6.1 to 0.3 % (1.8 ml) and the label's
+  precision 93.7 -> 96.9 %; on the chest CTA it moved 0.1 ml. Growing the aorta label into bright
+  voxels, by contrast, ran into that vein (SVC labelled aorta 10-23 % for bands of 5-15 mm): not done.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .heartcheck import LA, LV, MYO, RA, RV, blood_pool_hu, is_contrast_pool
+from .heartcheck import AO, LA, LV, MYO, RA, RV, blood_pool_hu, is_contrast_pool
 
 CAVITIES = (LV, RV, LA, RA)
 MIN_BRIGHT_HU = 200.0
@@ -41,6 +48,10 @@ MIN_BRIGHT_HU = 200.0
 GROW_MM = 3.0
 """How far (mm, from the chambers' labels after the wall's blood has moved) a chamber may take bright
 unlabelled voxels."""
+DENSE_FACTOR = 2.0
+"""Aorta-label voxels brighter than this many times the blood pool's HU are undiluted contrast in a
+vein, not aortic blood (1.5 / 2.0 / 2.5 gave the SVC labelled aorta 0.12 / 0.28 / 0.52 % on the LIDC CT;
+2.0 keeps the widest margin above the aorta's own blood)."""
 
 _CROSS = ndimage.generate_binary_structure(3, 1)
 
@@ -113,8 +124,8 @@ def refine_blood_pool(labels: sitk.Image, ct: sitk.Image) -> tuple[sitk.Image, d
 
     Returns:
         (the refined labels, same grid and pixel type; info: ``contrast``, and when applied the blood
-        and wall HU, the threshold, the ml moved from the myocardium to each chamber and the ml each
-        chamber took from unlabelled voxels).
+        and wall HU, the threshold, the ml moved from the myocardium to each chamber, the ml each
+        chamber took from unlabelled voxels and the ml of dense contrast taken out of the aorta label).
     """
     lab = sitk.GetArrayFromImage(labels)
     spacing_zyx = np.asarray(ct.GetSpacing())[::-1]
@@ -133,6 +144,11 @@ def refine_blood_pool(labels: sitk.Image, ct: sitk.Image) -> tuple[sitk.Image, d
     _grow_into(part, bright & (part == MYO), CAVITIES)
     near = _distance_mm(np.isin(part, CAVITIES), spacing_zyx) <= GROW_MM
     _grow_into(part, bright & (part == 0) & near, CAVITIES)
+    dense = np.zeros(part.shape, dtype=bool)
+    aorta = _box(part == AO, margin=1)  # the filter only where the aorta label is
+    if aorta is not None:
+        dense[aorta] = (part[aorta] == AO) & _median_above(hu[aorta], DENSE_FACTOR * blood)
+    part[dense] = 0
     voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
 
     def ml(mask: np.ndarray) -> float:
@@ -143,4 +159,5 @@ def refine_blood_pool(labels: sitk.Image, ct: sitk.Image) -> tuple[sitk.Image, d
     out = sitk.GetImageFromArray(lab)  # ``part`` is a view of ``lab``: the changes are in it
     out.CopyInformation(labels)
     return out, {"contrast": True, "blood_hu": round(blood, 1), "wall_hu": round(wall, 1),
-                 "threshold_hu": round(threshold, 1), "moved_ml": moved, "grown_ml": grown}
+                 "threshold_hu": round(threshold, 1), "moved_ml": moved, "grown_ml": grown,
+                 "dense_out_of_aorta_ml": ml(dense)}

@@ -186,25 +186,15 @@ def _colour_bar(cmap: str, height: int, width: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _font(size: int):
-    """Pillow's own TrueType face at ``size`` pixels (Pillow >= 10.1), else its small bitmap font."""
+    """Pillow's own TrueType face at ``size`` pixels (``load_default(size=...)``: Pillow >= 10.1)."""
     from PIL import ImageFont
 
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1: one size only
-        return ImageFont.load_default()
+    return ImageFont.load_default(size=size)
 
 
 def _text(draw, xy: tuple[float, float], text: str, size: int, anchor: str) -> None:
     """Black ``text`` at ``xy`` (pixels) with a Pillow anchor ("mm": its middle; "lm": left, middle)."""
-    font = _font(size)
-    try:
-        draw.text(xy, text, fill="black", font=font, anchor=anchor)
-    except ValueError:  # a bitmap font has no anchors: place its top-left corner by its size
-        x0, y0, x1, y1 = draw.textbbox((0, 0), text, font=font)
-        dx = {"l": 0, "m": (x1 - x0) / 2, "r": x1 - x0}[anchor[0]]
-        dy = {"a": 0, "t": 0, "m": (y1 - y0) / 2, "d": y1 - y0, "b": y1 - y0}[anchor[1]]
-        draw.text((xy[0] - dx, xy[1] - dy), text, fill="black", font=font)
+    draw.text(xy, text, fill="black", font=_font(size), anchor=anchor)
 
 
 COLUMNS = ("checkerboard fixed / warped", "|fixed - moving| before", "|fixed - warped| after",

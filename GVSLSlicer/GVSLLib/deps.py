@@ -48,7 +48,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("tqdm", ">=4.60"),
     Requirement("slicerio", ">=1.1"),
     Requirement("scipy", ">=1.9"),
-    Requirement("pillow", ">=9.1"),
+    Requirement("pillow", ">=10.1"),
 )
 
 

@@ -119,3 +119,36 @@ def test_bright_mask_is_the_median_filters():
     hu = np.random.default_rng(0).normal(200.0, 100.0, (20, 23, 17)).astype(np.float32)
     for threshold in (150.0, 230.0, 300.0):
         assert np.array_equal(_median_above(hu, threshold), ndimage.median_filter(hu, size=3) > threshold)
+
+
+def test_dense_venous_contrast_leaves_the_aorta_label():
+    """A vein of undiluted contrast (1300 HU) beside an aorta of blood-pool HU, both under the aorta
+    label (as the 4 mm network draws it on the LIDC CT): the vein's voxels leave the label, the aorta's
+    stay, the LV is untouched."""
+    from gvslcore.heartcheck import AO
+    from gvslcore.heartrefine import DENSE_FACTOR
+
+    ct, labels, truth = _phantom(blood_hu=420.0)
+    grid = _grid()
+    p = _points(grid)
+    centre = np.array(grid.TransformContinuousIndexToPhysicalPoint([45.0, 35.0, 20.0]))
+    axis = centre + np.array([0.0, 30.0, 0.0])  # an aorta running along z, 30 mm from the LV
+    aorta = np.linalg.norm((p - axis)[..., :2], axis=-1) < 7.0
+    vein = np.linalg.norm((p - axis - np.array([9.5, 0.0, 0.0]))[..., :2], axis=-1) < 3.0  # 2.5 mm wall apart
+    hu = sitk.GetArrayFromImage(ct)
+    lab = sitk.GetArrayFromImage(labels)
+    hu[aorta] = 420.0
+    hu[vein] = 1300.0
+    lab[np.linalg.norm((p - axis - np.array([3.0, 0.0, 0.0]))[..., :2], axis=-1) < 10.5] = AO  # takes in the vein
+    assert 1300.0 > DENSE_FACTOR * 420.0 > 420.0
+    ct2, labels2 = sitk.GetImageFromArray(hu), sitk.GetImageFromArray(lab)
+    ct2.CopyInformation(ct)
+    labels2.CopyInformation(labels)
+    refined, info = refine_blood_pool(labels2, ct2)
+    after = sitk.GetArrayViewFromImage(refined)
+    inner_vein = vein & (np.linalg.norm((p - axis - np.array([9.5, 0.0, 0.0]))[..., :2], axis=-1) < 2.0)
+    assert (after[inner_vein] == AO).mean() == 0.0
+    assert (after[aorta] == AO).mean() > 0.98
+    expected_ml = float((vein & (lab == AO)).sum()) * np.prod(ct.GetSpacing()) / 1000.0
+    assert 0.6 * expected_ml < info["dense_out_of_aorta_ml"] <= 1.05 * expected_ml
+    assert dice(after == LV, truth["lv"]) > 0.97
