@@ -416,8 +416,10 @@ class _LinearMatcher(torch.nn.Module):
     def __init__(self, affine_n: torch.Tensor, gradient_n: torch.Tensor):
         super().__init__()
         self.affine_n, self.gradient_n = affine_n, gradient_n  # normalized units, so any grid gets the same mapping
+        from gvslcore.nets.unet import Features
+
         self.unet = torch.nn.Identity()
-        self.unet.features = lambda x: x
+        self.unet.features = lambda x: Features(x, x, x)  # the heads below ignore them
         self.seen: list[tuple[int, ...]] = []
 
     def _affine(self, shape, inverse: bool = False) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
+from ..nets.unet import Features
 
 
 def load_registration_model(path: str, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -62,7 +63,11 @@ def predict(model: torch.nn.Module, fixed_w: torch.Tensor, moving_w: torch.Tenso
     """
     shape = fixed_w.shape[2:]
     with _half_precision(fixed_w.device, half):
-        f_fixed, f_moving = model.unet.features(fixed_w), model.unet.features(moving_w)
+        # One batch of two: on a CPU in float32 PyTorch takes oneDNN's convolution for a batch above
+        # one but its slow reference kernel for most layers of a single volume (both backbone passes
+        # on the abdominal pair's grid: 0.80 -> 0.38 s, two cores); in bf16 the two are equal.
+        both = model.unet.features(torch.cat([fixed_w, moving_w]))
+        f_fixed, f_moving = (Features(*(t[i:i + 1] for t in both)) for i in (0, 1))
         forward = model.affine_of(f_fixed, f_moving, shape)[0]
         backward = model.affine_of(f_moving, f_fixed, shape)[0]
     affine = inverse_consistent_affine(forward[0].float(), backward[0].float())  # float64, outside autocast
