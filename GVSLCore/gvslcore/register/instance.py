@@ -1,5 +1,6 @@
 """Instance optimization: refine the working-grid mapping ``p -> Aff(p + v(p))`` of one pair by Adam
-on local NCC + smoothness, coarse to fine over an image pyramid.
+on local NCC + smoothness (:mod:`.objective`), coarse to fine over an image pyramid, the moving
+image sampled by :mod:`.trilinear`.
 
 Tensors are (1, C, D, H, W) with channels and axes (z, y, x); fields are in voxels unless named _n
 (normalized [-1, 1] coordinates, align_corners=True).
@@ -142,7 +143,7 @@ class Adam:
 def _descend(
     optimizer: Adam,
     fixed_stats: FixedStatistics,
-    moving_l: TrilinearSampler,
+    moving: TrilinearSampler,
     grid: torch.Tensor,
     a_param: torch.Tensor,
     t_param: torch.Tensor,
@@ -161,7 +162,7 @@ def _descend(
     # 156 ms forward and backward against 8 ms), and an (N, 3) @ (3, 3) product needs a permute.
     weight = h_l.view(3, 1) * a_param / h_l.view(1, 3)
     index = torch.addmm((h_l * (t_param + 1.0)).view(3, 1), weight, (grid + v_param).view(3, -1))
-    warped = moving_l(index.view(grid.shape))
+    warped = moving(index.view(grid.shape))
     ncc = local_ncc_to(fixed_stats, warped)
     smooth = smoothness_mm(v_param, spacing_l)
     loss = ncc + cfg.smooth_weight * smooth
