@@ -25,7 +25,6 @@ class TrilinearSampler:
     def __init__(self, image: torch.Tensor) -> None:
         if image.dim() != 5 or image.shape[:2] != (1, 1):
             raise ValueError(f"expected a (1, 1, D, H, W) image, got {tuple(image.shape)}")
-        self.size = tuple(int(s) for s in image.shape[2:])
         # A zero border of one voxel below and two above: a point on [-1, n] (clamped) then has all
         # eight corners inside the table, the ones off the image reading zero.
         padded = F.pad(image.detach().float(), (1, 2, 1, 2, 1, 2))[0, 0]
@@ -36,7 +35,7 @@ class TrilinearSampler:
         stride_z, stride_y = (h - 1) * (w - 1), w - 1
         self.strides = torch.tensor([stride_z, stride_y, 1], device=image.device).view(3, 1)
         self.offset = stride_z + stride_y + 1  # the table starts at voxel -1 on each axis
-        self.upper = torch.tensor(self.size, dtype=torch.float32, device=image.device).view(3, 1)
+        self.upper = torch.tensor(image.shape[2:], dtype=torch.float32, device=image.device).view(3, 1)
 
     def __call__(self, points: torch.Tensor) -> torch.Tensor:
         """(1, 3, D', H', W') voxel indices (z, y, x) of this image -> (1, 1, D', H', W') values."""
@@ -54,7 +53,7 @@ class _Trilinear(torch.autograd.Function):
         cell = p.floor()
         frac = p.sub_(cell)
         row = (cell.long() * sampler.strides).sum(0).add_(sampler.offset)
-        c = torch.gather(sampler.corners, 1, row.expand(8, -1)).view(2, 2, 2, -1)  # 3x index_select here
+        c = torch.gather(sampler.corners, 1, row.expand(8, -1)).view(2, 2, 2, -1)  # a third of index_select's time along dim 1
         fz, fy, fx = frac
         along_x = torch.lerp(c[:, :, 0], c[:, :, 1], fx)  # (2, 2, N)
         along_y = torch.lerp(along_x[:, 0], along_x[:, 1], fy)  # (2, N)
